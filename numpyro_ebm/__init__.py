@@ -1,0 +1,22 @@
+"""numpyro_ebm: energy-based models with intractable normalizers as NumPyro distributions."""
+
+from numpyro_ebm.distributions import (
+    AUTO_EXACT_MAX_STATES,
+    BernoulliRBM,
+    EnergyBasedDistribution,
+    LogPartitionGradientError,
+)
+from numpyro_ebm.exact import all_states, exact_log_partition, exact_marginals
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AUTO_EXACT_MAX_STATES",
+    "BernoulliRBM",
+    "EnergyBasedDistribution",
+    "LogPartitionGradientError",
+    "__version__",
+    "all_states",
+    "exact_log_partition",
+    "exact_marginals",
+]

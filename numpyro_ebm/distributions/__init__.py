@@ -1,0 +1,15 @@
+"""Energy-based families as ``numpyro.distributions.Distribution`` subclasses."""
+
+from numpyro_ebm.distributions.base import (
+    AUTO_EXACT_MAX_STATES,
+    EnergyBasedDistribution,
+    LogPartitionGradientError,
+)
+from numpyro_ebm.distributions.rbm import BernoulliRBM
+
+__all__ = [
+    "AUTO_EXACT_MAX_STATES",
+    "BernoulliRBM",
+    "EnergyBasedDistribution",
+    "LogPartitionGradientError",
+]

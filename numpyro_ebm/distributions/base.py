@@ -1,0 +1,341 @@
+"""The base class of every energy-based family.
+
+An energy-based distribution is ``p(x) = exp(-E(x)) / Z`` with an energy ``E`` that is
+cheap to evaluate and a normalizer ``Z`` that in general is not. Subclasses provide
+
+- :meth:`~EnergyBasedDistribution.energy` (for latent-variable models: the free energy, with
+  the latent units summed out);
+- :meth:`~EnergyBasedDistribution.gibbs_sweep`, one sweep of a Markov kernel that leaves
+  ``p_beta(x) ∝ exp(-tempered_energy(x, beta))`` invariant (block Gibbs in the discrete
+  families); ``tempered_energy(x, beta) = beta * E(x)`` unless the model has latent units;
+- :meth:`~EnergyBasedDistribution.random_state`, a starting configuration for chains;
+- ``_enumeration()``, how :mod:`numpyro_ebm.exact` sums the model out, for small models.
+
+What ``log_prob`` returns
+-------------------------
+``log_prob(x) = -E(x) - log Z`` with the best known ``log Z``:
+
+1. a value attached by the user (:meth:`~EnergyBasedDistribution.with_log_partition`, for
+   example an exact value or an AIS estimate);
+2. otherwise, when the model is small enough to enumerate cheaply (at most
+   :data:`AUTO_EXACT_MAX_STATES` enumerated states), the exact value, differentiable;
+3. otherwise ``log Z`` is *unknown* and ``log_prob`` equals ``unnormalized_log_prob``: the
+   right density up to a constant, which is all that MCMC over ``x`` with fixed parameters
+   needs. :attr:`~EnergyBasedDistribution.is_normalized` tells which case applies.
+
+In cases 1 and 3 the gradient of ``log Z`` with respect to the energy parameters (the
+negative phase, ``Delta2`` in the package's mathematics) is not known: differentiating
+``log_prob`` with respect to the parameters raises :class:`LogPartitionGradientError`
+instead of silently returning only the positive phase.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax, random
+from numpyro.distributions import Distribution
+from numpyro.util import not_jax_tracer
+
+__all__ = [
+    "AUTO_EXACT_MAX_STATES",
+    "EnergyBasedDistribution",
+    "Enumeration",
+    "LogPartitionGradientError",
+    "softplus",
+]
+
+#: Models whose exact enumeration visits at most this many states are normalized exactly
+#: (and differentiably) inside ``log_prob``; above it, attach a value or use an estimator.
+AUTO_EXACT_MAX_STATES = 2**12
+
+
+class LogPartitionGradientError(RuntimeError):
+    """Raised when the gradient of an unknown ``log Z`` is requested."""
+
+
+class Enumeration(NamedTuple):
+    """How to sum a model out by enumerating ``num_values ** num_units`` states.
+
+    ``decode`` maps integer digits of shape ``(chunk, num_units)`` (values ``0..num_values-1``)
+    to unit values; ``log_weight`` maps decoded states of shape
+    ``(chunk,) + (1,) * len(batch_shape) + (num_units,)`` to unnormalized log masses of shape
+    ``(chunk,) + batch_shape`` (other layers summed out analytically); ``unit_probs`` maps
+    the same states to the conditional probability of every value of every *visible* unit,
+    shape ``(chunk,) + batch_shape + event_shape + (num_support_values,)``, or is ``None``
+    for continuous models.
+    """
+
+    num_units: int
+    num_values: int
+    decode: Callable[[jax.Array], jax.Array]
+    log_weight: Callable[[jax.Array], jax.Array]
+    unit_probs: Callable[[jax.Array], jax.Array] | None
+
+
+def softplus(x: jax.Array) -> jax.Array:
+    """``log(1 + exp(x))``, computed stably and faster than ``jax.nn.softplus`` on CPU."""
+    return jnp.maximum(x, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+
+
+def is_concrete(*xs: Any) -> bool:
+    """True when none of ``xs`` is a JAX tracer (so values can be checked on the host)."""
+    return all(not_jax_tracer(x) for x in jax.tree.leaves(xs))
+
+
+def check_finite(name: str, value: Any) -> None:
+    """Raise ``ValueError`` naming ``name`` if a concrete ``value`` holds NaN or Inf."""
+    if value is None or not is_concrete(value):
+        return
+    arr = np.asarray(value)
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        raise ValueError(
+            f"{name} contains {bad} non-finite value(s) (NaN or Inf); pass finite values "
+            f"(if they come from a training run, it diverged: lower the learning rate)."
+        )
+
+
+def check_matrix_shape(name: str, value: jax.Array, rows: int, cols: int | None = None) -> None:
+    shape = jnp.shape(value)
+    if len(shape) < 2 or shape[-2] != rows or (cols is not None and shape[-1] != cols):
+        want = f"batch_shape + ({rows}, {cols if cols is not None else 'n'})"
+        raise ValueError(f"{name} must have shape {want}; got shape {shape}.")
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _guard(name: str, params: tuple) -> jax.Array:
+    """Zero, whose derivative with respect to ``params`` raises (the unknown ``grad log Z``)."""
+    del params
+    return jnp.zeros(())
+
+
+@_guard.defjvp
+def _guard_jvp(name, primals, tangents):
+    raise LogPartitionGradientError(
+        f"The gradient of log Z of this {name} with respect to its energy parameters is "
+        "unknown: log Z is not enumerable here (or a fixed value was attached), so log_prob "
+        "would give only the positive phase of the gradient. Train with a negative-phase "
+        "estimator, or, for a model small enough to enumerate, differentiate "
+        "numpyro_ebm.exact_log_partition; to hold the parameters fixed, wrap them in "
+        "jax.lax.stop_gradient."
+    )
+
+
+class EnergyBasedDistribution(Distribution):
+    """Base class: ``p(x) = exp(-energy(x)) / Z``. See the module docstring."""
+
+    is_discrete = True
+    has_enumerate_support = True
+    #: Values one unit can take, in the order used by ``enumerate_support``.
+    support_values: tuple[float, ...] = (0, 1)
+    #: Dtype of samples returned by :meth:`sample`.
+    sample_dtype = jnp.int32
+
+    pytree_data_fields = ("_log_partition_value",)
+    pytree_aux_fields = ("num_sweeps", "_check_values")
+
+    def __init__(
+        self,
+        batch_shape: tuple[int, ...],
+        event_shape: tuple[int, ...],
+        *,
+        log_partition: Any = None,
+        num_sweeps: int = 1000,
+        validate_args: bool | None = None,
+    ):
+        if int(num_sweeps) < 0:
+            raise ValueError(f"num_sweeps must be a non-negative integer; got {num_sweeps}.")
+        self.num_sweeps = int(num_sweeps)
+        self._check_values = validate_args is not False
+        if log_partition is not None:
+            log_partition = jnp.asarray(log_partition)
+            check_finite("log_partition", log_partition)
+            try:
+                jnp.broadcast_shapes(jnp.shape(log_partition), batch_shape)
+            except ValueError:
+                raise ValueError(
+                    f"log_partition must broadcast to batch_shape {batch_shape}; got shape "
+                    f"{jnp.shape(log_partition)}."
+                ) from None
+        self._log_partition_value = log_partition
+        super().__init__(batch_shape, event_shape, validate_args=validate_args)
+
+    # ------------------------------------------------------------------ energies
+    def energy(self, value: jax.Array) -> jax.Array:
+        """Energy ``E(x)``; shape ``sample_shape + batch_shape``."""
+        raise NotImplementedError
+
+    def tempered_energy(self, value: jax.Array, beta: Any) -> jax.Array:
+        """Energy of ``x`` at inverse temperature ``beta``: ``-log sum_h exp(-beta E(x, h))``.
+
+        For models without latent units this is ``beta * E(x)``; latent-variable models
+        (RBMs) temper the *joint* energy and sum the latents out, which is the distribution
+        that :meth:`gibbs_sweep` at ``beta`` leaves invariant. ``beta`` broadcasts against
+        ``sample_shape + batch_shape``.
+        """
+        return jnp.asarray(beta) * self.energy(value)
+
+    def unnormalized_log_prob(self, value: jax.Array) -> jax.Array:
+        """``-E(x)``: the log density up to the constant ``log Z``."""
+        value = self._check_value(value)
+        return -self.energy(value)
+
+    def log_prob(self, value: jax.Array) -> jax.Array:
+        """``-E(x) - log Z`` with the best known ``log Z`` (see the module docstring)."""
+        return self.unnormalized_log_prob(value) - self._log_partition_term()
+
+    # ------------------------------------------------------------------ log Z
+    def energy_parameters(self) -> dict[str, jax.Array]:
+        """The parameters the energy depends on (the arguments with constraints)."""
+        return {name: getattr(self, name) for name in self.arg_constraints}
+
+    @property
+    def num_enumerated_states(self) -> int:
+        """How many states exact enumeration visits (``num_values ** num_units``)."""
+        spec = self._enumeration()
+        return spec.num_values**spec.num_units
+
+    @property
+    def is_normalized(self) -> bool:
+        """Whether ``log_prob`` includes ``log Z`` (attached, or exact for small models)."""
+        return self._log_partition_value is not None or self._auto_exact()
+
+    @property
+    def log_partition(self) -> jax.Array | None:
+        """The best known ``log Z`` (shape ``batch_shape``), or ``None`` when unknown."""
+        if self._log_partition_value is not None:
+            return jnp.broadcast_to(self._log_partition_value, self.batch_shape)
+        if self._auto_exact():
+            from numpyro_ebm.exact import exact_log_partition
+
+            return exact_log_partition(self)
+        return None
+
+    def with_log_partition(self, log_partition: Any) -> EnergyBasedDistribution:
+        """A copy of this distribution whose ``log_prob`` is normalized by ``log_partition``.
+
+        The value is used as given (for example from ``exact_log_partition`` or AIS); its
+        gradient with respect to the parameters is not known, see the module docstring.
+        """
+        log_partition = jnp.asarray(log_partition)
+        check_finite("log_partition", log_partition)
+        jnp.broadcast_shapes(jnp.shape(log_partition), self.batch_shape)
+        leaves, treedef = jax.tree.flatten(self)
+        new = jax.tree.unflatten(treedef, leaves)
+        new._log_partition_value = log_partition
+        return new
+
+    def _auto_exact(self) -> bool:
+        try:
+            return self.num_enumerated_states <= AUTO_EXACT_MAX_STATES
+        except NotImplementedError:
+            return False
+
+    def _log_partition_term(self) -> jax.Array:
+        if self._log_partition_value is None and self._auto_exact():
+            from numpyro_ebm.exact import exact_log_partition
+
+            return exact_log_partition(self)
+        guard = _guard(type(self).__name__, tuple(self.energy_parameters().values()))
+        if self._log_partition_value is None:
+            return guard
+        return self._log_partition_value + guard
+
+    # ------------------------------------------------------------------ sampling
+    def random_state(self, rng_key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
+        """A uniformly random configuration, shape ``sample_shape + batch_shape + event_shape``,
+        in the dtype the chains run in."""
+        shape = tuple(sample_shape) + self.batch_shape + self.event_shape
+        values = jnp.asarray(self.support_values, dtype=self.chain_dtype)
+        idx = random.randint(rng_key, shape, 0, len(self.support_values))
+        return values[idx]
+
+    @property
+    def chain_dtype(self):
+        """Dtype of the chain states used inside samplers (the parameters' float dtype)."""
+        leaves = [v for v in self.energy_parameters().values() if v is not None]
+        return jnp.result_type(*leaves, jnp.float32) if leaves else jnp.float32
+
+    def gibbs_sweep(self, rng_key: jax.Array, value: jax.Array, beta: Any = 1.0) -> jax.Array:
+        """One sweep of a kernel leaving ``p_beta(x) ∝ exp(-tempered_energy(x, beta))``
+        invariant (``exp(-beta * E(x))`` for models without latent units).
+
+        ``value`` has shape ``sample_shape + batch_shape + event_shape``; ``beta`` broadcasts
+        against ``sample_shape + batch_shape``.
+        """
+        raise NotImplementedError
+
+    def sample(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
+        """Approximate draws: independent chains from uniformly random states, each run for
+        :attr:`num_sweeps` sweeps of :meth:`gibbs_sweep` (set ``num_sweeps`` in the
+        constructor). Use :class:`numpyro_ebm.infer.BlockGibbs` to diagnose mixing."""
+        key_init, key_run = random.split(key)
+        x = self.random_state(key_init, sample_shape)
+
+        def body(x, k):
+            return self.gibbs_sweep(k, x), None
+
+        x, _ = lax.scan(body, x, random.split(key_run, self.num_sweeps))
+        return x.astype(self.sample_dtype)
+
+    def enumerate_support(self, expand: bool = True) -> jax.Array:
+        """The values of **one unit** (not the joint configurations), shaped
+        ``(num_values,) + (1,) * (batch and event dims)`` so that numpyro's discrete kernels
+        (``DiscreteHMCGibbs``, ``MixedHMC``) update each unit separately."""
+        shape = self.batch_shape + self.event_shape
+        values = jnp.asarray(self.support_values, dtype=self.sample_dtype)
+        values = values.reshape((-1,) + (1,) * len(shape))
+        if expand:
+            values = jnp.broadcast_to(values, values.shape[:1] + shape)
+        return values
+
+    # ------------------------------------------------------------------ checks
+    def _check_value(self, value: Any) -> jax.Array:
+        value = jnp.asarray(value)
+        event_ndim = len(self.event_shape)
+        if value.shape[value.ndim - event_ndim :] != self.event_shape or value.ndim < event_ndim:
+            raise ValueError(
+                f"value must have shape sample_shape + batch_shape + {self.event_shape} for "
+                f"this {type(self).__name__}; got shape {value.shape}."
+            )
+        if self._check_values and self.is_discrete and is_concrete(value):
+            arr = np.asarray(value)
+            ok = np.isin(arr, np.asarray(self.support_values))
+            if not np.all(ok):
+                bad = np.unique(arr[~ok])[:5]
+                raise ValueError(
+                    f"value must take values in {set(self.support_values)} for this "
+                    f"{type(self).__name__}; got {bad.tolist()}"
+                    f"{' ...' if (~ok).sum() > 5 else ''}. {self._support_hint()}"
+                )
+        return value
+
+    def _support_hint(self) -> str:
+        return "Binarize first, e.g. (data > threshold).astype('int32')."
+
+    def _enumeration(self) -> Enumeration:
+        raise NotImplementedError(f"{type(self).__name__} has no exact enumeration.")
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(batch_shape={self.batch_shape}, "
+            f"event_shape={self.event_shape})"
+        )
+
+
+def digits(codes: jax.Array, num_units: int, num_values: int) -> jax.Array:
+    """Integer state codes -> digits ``(..., num_units)``, unit 0 most significant
+    (so states come out in ``itertools.product`` order)."""
+    powers = jnp.asarray([num_values ** (num_units - 1 - j) for j in range(num_units)], codes.dtype)
+    return (codes[..., None] // powers) % num_values
+
+
+def event_size(shape: tuple[int, ...]) -> int:
+    return math.prod(shape)

@@ -1,0 +1,258 @@
+"""Restricted Boltzmann machines with binary visible and hidden units."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import random
+from numpyro.distributions import Bernoulli, constraints
+
+from numpyro_ebm.distributions.base import (
+    EnergyBasedDistribution,
+    Enumeration,
+    check_finite,
+    is_concrete,
+    softplus,
+)
+
+__all__ = ["BernoulliRBM"]
+
+
+def as_float(x: Any) -> jax.Array:
+    """``x`` as a JAX array of a floating dtype (integers become the default float)."""
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.result_type(float))
+    return x
+
+
+def vector_param(name: str, value: Any, size: int, dtype, owner: str) -> jax.Array:
+    """A ``batch + (size,)`` parameter, zeros when ``value`` is None."""
+    if value is None:
+        return jnp.zeros((size,), dtype)
+    value = as_float(value)
+    if value.ndim < 1 or value.shape[-1] != size:
+        raise ValueError(
+            f"{name} must have shape batch_shape + ({size},) to match the weights of this "
+            f"{owner}; got shape {value.shape}."
+        )
+    return value
+
+
+def batch_shape_of(owner: str, **shapes: tuple[int, ...]) -> tuple[int, ...]:
+    try:
+        return jax.lax.broadcast_shapes(*shapes.values())
+    except ValueError:
+        desc = ", ".join(f"{k}: {v}" for k, v in shapes.items())
+        raise ValueError(
+            f"the batch shapes of the parameters of {owner} do not broadcast ({desc})."
+        ) from None
+
+
+def bernoulli_draw(rng_key: jax.Array, logits: jax.Array) -> jax.Array:
+    """A {0,1} draw with ``P(1) = sigmoid(logits)``, in the dtype of ``logits``."""
+    u = random.uniform(rng_key, logits.shape, logits.dtype)
+    return (u < jax.nn.sigmoid(logits)).astype(logits.dtype)
+
+
+def expand_beta(beta: Any, ndim: int = 1) -> jax.Array:
+    """``beta`` with ``ndim`` trailing unit axes, to broadcast against per-unit arrays."""
+    beta = jnp.asarray(beta)
+    return beta.reshape(beta.shape + (1,) * ndim)
+
+
+class BernoulliRBM(EnergyBasedDistribution):
+    r"""Restricted Boltzmann machine over binary visible vectors, hidden units summed out.
+
+    .. math::
+
+        E(v, h) = -v^\top W h - b^\top v - c^\top h, \qquad
+        p(v) = \frac{1}{Z} \sum_h e^{-E(v, h)} = \frac{e^{-F(v)}}{Z},\qquad
+        F(v) = -b^\top v - \sum_j \operatorname{softplus}(c_j + (v^\top W)_j).
+
+    Parameters
+    ----------
+    weights : ArrayLike
+        ``W``, shape ``batch_shape + (num_visible, num_hidden)``.
+    visible_bias, hidden_bias : ArrayLike, optional
+        ``b`` (``batch_shape + (num_visible,)``) and ``c`` (``batch_shape + (num_hidden,)``);
+        zeros by default.
+    log_partition : ArrayLike, optional
+        A known ``log Z`` to normalize ``log_prob`` with (see
+        :class:`~numpyro_ebm.distributions.base.EnergyBasedDistribution`).
+    num_sweeps : int
+        Block-Gibbs sweeps (``v -> h -> v``) per call of :meth:`sample`, from uniformly
+        random starting states (default 1000).
+    validate_args : bool, optional
+        ``False`` skips the value checks on concrete parameters and data.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> from numpyro_ebm import BernoulliRBM
+    >>> rbm = BernoulliRBM(0.1 * jnp.ones((6, 3)), jnp.zeros(6), jnp.zeros(3))
+    >>> rbm.event_shape, rbm.sample(jax.random.key(0), (4,)).shape
+    ((6,), (4, 6))
+    >>> bool(rbm.is_normalized)  # 2**3 hidden states: log Z is exact
+    True
+    """
+
+    arg_constraints = {
+        "weights": constraints.independent(constraints.real, 2),
+        "visible_bias": constraints.real_vector,
+        "hidden_bias": constraints.real_vector,
+    }
+    support = constraints.independent(constraints.boolean, 1)
+
+    def __init__(
+        self,
+        weights: Any,
+        visible_bias: Any = None,
+        hidden_bias: Any = None,
+        *,
+        log_partition: Any = None,
+        num_sweeps: int = 1000,
+        validate_args: bool | None = None,
+    ):
+        name = type(self).__name__
+        weights = as_float(weights)
+        if weights.ndim < 2:
+            raise ValueError(
+                f"weights must have shape batch_shape + (num_visible, num_hidden); got "
+                f"shape {weights.shape}."
+            )
+        num_visible, num_hidden = weights.shape[-2:]
+        self.weights = weights
+        self.visible_bias = vector_param(
+            "visible_bias", visible_bias, num_visible, weights.dtype, name
+        )
+        self.hidden_bias = vector_param("hidden_bias", hidden_bias, num_hidden, weights.dtype, name)
+        batch_shape = batch_shape_of(
+            name,
+            weights=weights.shape[:-2],
+            visible_bias=self.visible_bias.shape[:-1],
+            hidden_bias=self.hidden_bias.shape[:-1],
+        )
+        if validate_args is not False and is_concrete(weights, self.visible_bias, self.hidden_bias):
+            for key in ("weights", "visible_bias", "hidden_bias"):
+                check_finite(key, getattr(self, key))
+        super().__init__(
+            batch_shape,
+            (num_visible,),
+            log_partition=log_partition,
+            num_sweeps=num_sweeps,
+            validate_args=validate_args,
+        )
+
+    @classmethod
+    def infer_shapes(cls, weights=(), visible_bias=None, hidden_bias=None, **kwargs):
+        batch = [tuple(weights[:-2])]
+        if visible_bias is not None:
+            batch.append(tuple(visible_bias[:-1]))
+        if hidden_bias is not None:
+            batch.append(tuple(hidden_bias[:-1]))
+        return jax.lax.broadcast_shapes(*batch), tuple(weights[-2:-1])
+
+    @property
+    def num_visible(self) -> int:
+        return self.weights.shape[-2]
+
+    @property
+    def num_hidden(self) -> int:
+        return self.weights.shape[-1]
+
+    # ------------------------------------------------------------------ linear maps
+    def visible_to_hidden(self, v: jax.Array) -> jax.Array:
+        """``c + v W``: hidden pre-activations, shape ``v.shape[:-1] + (num_hidden,)``."""
+        v = v.astype(self.weights.dtype)
+        if self.weights.ndim == 2:
+            return self.hidden_bias + v @ self.weights
+        return self.hidden_bias + jnp.matmul(v[..., None, :], self.weights)[..., 0, :]
+
+    def hidden_to_visible(self, h: jax.Array) -> jax.Array:
+        """``b + W h``: visible pre-activations, shape ``h.shape[:-1] + (num_visible,)``."""
+        h = h.astype(self.weights.dtype)
+        if self.weights.ndim == 2:
+            return self.visible_bias + h @ self.weights.T
+        return self.visible_bias + jnp.matmul(h[..., None, :], jnp.swapaxes(self.weights, -1, -2))[
+            ..., 0, :
+        ]
+
+    # ------------------------------------------------------------------ energies
+    def free_energy(self, value: jax.Array) -> jax.Array:
+        """``F(v)``, the energy of ``v`` with the hidden layer summed out."""
+        v = jnp.asarray(value).astype(self.weights.dtype)
+        return -jnp.sum(v * self.visible_bias, -1) - jnp.sum(
+            softplus(self.visible_to_hidden(v)), -1
+        )
+
+    def energy(self, value: jax.Array) -> jax.Array:
+        """The energy of the visible marginal: the free energy ``F(v)``."""
+        return self.free_energy(value)
+
+    def tempered_energy(self, value: jax.Array, beta: Any) -> jax.Array:
+        """``-log sum_h exp(-beta E(v, h)) = -beta b.v - sum_j softplus(beta (c + v W)_j)``:
+        the visible marginal of the tempered joint, left invariant by ``gibbs_sweep``."""
+        v = jnp.asarray(value).astype(self.weights.dtype)
+        beta = jnp.asarray(beta, self.weights.dtype)
+        return -beta * jnp.sum(v * self.visible_bias, -1) - jnp.sum(
+            softplus(expand_beta(beta) * self.visible_to_hidden(v)), -1
+        )
+
+    def joint_energy(self, visible: jax.Array, hidden: jax.Array) -> jax.Array:
+        """``E(v, h)``."""
+        v = jnp.asarray(visible).astype(self.weights.dtype)
+        h = jnp.asarray(hidden).astype(self.weights.dtype)
+        pre = self.visible_to_hidden(v)  # c + vW
+        return -jnp.sum(h * pre, -1) - jnp.sum(v * self.visible_bias, -1)
+
+    # ------------------------------------------------------------------ conditionals
+    def hidden_conditional(self, visible: jax.Array) -> Bernoulli:
+        """``p(h | v)`` as a numpyro distribution with ``event_shape == (num_hidden,)``."""
+        return Bernoulli(logits=self.visible_to_hidden(jnp.asarray(visible))).to_event(1)
+
+    def visible_conditional(self, hidden: jax.Array) -> Bernoulli:
+        """``p(v | h)`` as a numpyro distribution with ``event_shape == (num_visible,)``."""
+        return Bernoulli(logits=self.hidden_to_visible(jnp.asarray(hidden))).to_event(1)
+
+    def gibbs_sweep(self, rng_key: jax.Array, value: jax.Array, beta: Any = 1.0) -> jax.Array:
+        """One block-Gibbs sweep ``v -> h ~ p(h | v) -> v ~ p(v | h)`` of the joint tempered
+        to ``exp(-beta E(v, h))``; it leaves ``exp(-tempered_energy(v, beta))`` invariant."""
+        key_h, key_v = random.split(rng_key)
+        beta = expand_beta(beta)
+        h = bernoulli_draw(key_h, beta * self.visible_to_hidden(value))
+        return bernoulli_draw(key_v, beta * self.hidden_to_visible(h))
+
+    # ------------------------------------------------------------------ enumeration
+    def _enumeration(self) -> Enumeration:
+        dtype = self.weights.dtype
+        if self.num_hidden <= self.num_visible:
+
+            def log_weight(h):
+                return jnp.sum(h * self.hidden_bias, -1) + jnp.sum(
+                    softplus(self.hidden_to_visible(h)), -1
+                )
+
+            def unit_probs(h):
+                p = jax.nn.sigmoid(self.hidden_to_visible(h))
+                return jnp.stack([1 - p, p], -1)
+
+            num_units = self.num_hidden
+        else:
+
+            def log_weight(v):
+                return -self.free_energy(v)
+
+            def unit_probs(v):
+                return jax.nn.one_hot(v, 2, dtype=dtype)
+
+            num_units = self.num_visible
+        return Enumeration(
+            num_units=num_units,
+            num_values=2,
+            decode=lambda d: d.astype(dtype),
+            log_weight=log_weight,
+            unit_probs=unit_probs,
+        )
