@@ -121,11 +121,30 @@ def _guard_jvp(name, primals, tangents):
     raise LogPartitionGradientError(
         f"The gradient of log Z of this {name} with respect to its energy parameters is "
         "unknown: log Z is not enumerable here (or a fixed value was attached), so log_prob "
-        "would give only the positive phase of the gradient. Train with a negative-phase "
-        "estimator, or, for a model small enough to enumerate, differentiate "
+        "would give only the positive phase of the gradient. Attach draws from the model "
+        "with dist.with_negative_samples(samples) (numpyro_ebm's estimators produce them), "
+        "or, for a model small enough to enumerate, differentiate "
         "numpyro_ebm.exact_log_partition; to hold the parameters fixed, wrap them in "
         "jax.lax.stop_gradient."
     )
+
+
+def _checked_log_partition(log_partition: Any, batch_shape: tuple[int, ...]) -> Any:
+    if log_partition is None:
+        return None
+    log_partition = jnp.asarray(log_partition)
+    check_finite("log_partition", log_partition)
+    shape = jnp.shape(log_partition)
+    try:
+        ok = jnp.broadcast_shapes(shape, batch_shape) == tuple(batch_shape)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"log_partition must broadcast to the batch_shape {batch_shape} of the "
+            f"distribution; got shape {shape}."
+        )
+    return log_partition
 
 
 class EnergyBasedDistribution(Distribution):
@@ -138,7 +157,8 @@ class EnergyBasedDistribution(Distribution):
     #: Dtype of samples returned by :meth:`sample`.
     sample_dtype = jnp.int32
 
-    pytree_data_fields = ("_log_partition_value",)
+    pytree_data_fields = ("_log_partition_value", "_negative_samples")
+    _negative_samples = None
     pytree_aux_fields = ("num_sweeps", "_check_values")
 
     def __init__(
@@ -154,17 +174,7 @@ class EnergyBasedDistribution(Distribution):
             raise ValueError(f"num_sweeps must be a non-negative integer; got {num_sweeps}.")
         self.num_sweeps = int(num_sweeps)
         self._check_values = validate_args is not False
-        if log_partition is not None:
-            log_partition = jnp.asarray(log_partition)
-            check_finite("log_partition", log_partition)
-            try:
-                jnp.broadcast_shapes(jnp.shape(log_partition), batch_shape)
-            except ValueError:
-                raise ValueError(
-                    f"log_partition must broadcast to batch_shape {batch_shape}; got shape "
-                    f"{jnp.shape(log_partition)}."
-                ) from None
-        self._log_partition_value = log_partition
+        self._log_partition_value = _checked_log_partition(log_partition, batch_shape)
         super().__init__(batch_shape, event_shape, validate_args=validate_args)
 
     # ------------------------------------------------------------------ energies
@@ -224,9 +234,7 @@ class EnergyBasedDistribution(Distribution):
         The value is used as given (for example from ``exact_log_partition`` or AIS); its
         gradient with respect to the parameters is not known, see the module docstring.
         """
-        log_partition = jnp.asarray(log_partition)
-        check_finite("log_partition", log_partition)
-        jnp.broadcast_shapes(jnp.shape(log_partition), self.batch_shape)
+        log_partition = _checked_log_partition(log_partition, self.batch_shape)
         leaves, treedef = jax.tree.flatten(self)
         new = jax.tree.unflatten(treedef, leaves)
         new._log_partition_value = log_partition
@@ -238,7 +246,39 @@ class EnergyBasedDistribution(Distribution):
         except NotImplementedError:
             return False
 
+    def with_negative_samples(self, samples: Any) -> EnergyBasedDistribution:
+        """A copy whose ``log Z`` has the Monte Carlo gradient of ``samples`` (the negative phase).
+
+        ``samples`` are draws from this distribution, shape ``(num_samples,) + batch_shape +
+        event_shape`` (for example from an estimator's chains). The value of ``log Z`` is
+        unchanged (the best known one, see the module docstring); its gradient becomes
+        ``-mean_k dE(x_k)/dtheta``, an estimate of ``grad log Z``, so ``jax.grad`` of a
+        log-likelihood gives ``Delta1 - Delta2``. The samples are treated as constants.
+        """
+        samples = jnp.asarray(samples)
+        expected = self.batch_shape + self.event_shape
+        if samples.ndim != len(expected) + 1 or samples.shape[1:] != expected:
+            raise ValueError(
+                "samples must have shape (num_samples,) + batch_shape + event_shape = "
+                f"(num_samples,) + {expected}; got shape {samples.shape}."
+            )
+        leaves, treedef = jax.tree.flatten(self)
+        new = jax.tree.unflatten(treedef, leaves)
+        new._negative_samples = lax.stop_gradient(samples.astype(self.chain_dtype))
+        return new
+
+    @property
+    def negative_samples(self) -> jax.Array | None:
+        """Samples attached with :meth:`with_negative_samples`, or ``None``."""
+        return self._negative_samples
+
     def _log_partition_term(self) -> jax.Array:
+        if self._negative_samples is not None:
+            value = self._log_partition_value
+            if value is None:
+                value = self.log_partition if self._auto_exact() else jnp.zeros(())
+            surrogate = jnp.mean(-self.energy(self._negative_samples), axis=0)
+            return lax.stop_gradient(value) + surrogate - lax.stop_gradient(surrogate)
         if self._log_partition_value is None and self._auto_exact():
             from numpyro_ebm.exact import exact_log_partition
 

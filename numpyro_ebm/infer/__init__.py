@@ -1,6 +1,24 @@
-"""Samplers for energy-based distributions."""
+"""Samplers and negative-phase estimators for energy-based distributions."""
 
 from numpyro_ebm.infer import gibbs
+from numpyro_ebm.infer.estimators import (
+    CD,
+    PCD,
+    EstimatorInfo,
+    EstimatorState,
+    ParallelTempering,
+)
 from numpyro_ebm.infer.gibbs import BlockGibbs, BlockGibbsState, GibbsInfo, GibbsState
 
-__all__ = ["BlockGibbs", "BlockGibbsState", "GibbsInfo", "GibbsState", "gibbs"]
+__all__ = [
+    "CD",
+    "PCD",
+    "BlockGibbs",
+    "BlockGibbsState",
+    "EstimatorInfo",
+    "EstimatorState",
+    "GibbsInfo",
+    "GibbsState",
+    "ParallelTempering",
+    "gibbs",
+]

@@ -1,0 +1,279 @@
+"""Negative-phase estimators: where the draws for ``grad log Z`` come from.
+
+The gradient of a log-likelihood is ``Delta1 - Delta2`` (positive phase minus negative
+phase); ``Delta2 = grad log Z = -E_model[dE/dtheta]`` needs draws from the model. Every
+estimator here has one interface, pure and jittable, with the chain state explicit:
+
+.. code-block:: python
+
+    state = estimator.init(rng_key, distribution, data)
+    samples, state, info = estimator.step(rng_key, state, distribution, data)
+    loss = -distribution.with_negative_samples(samples).log_prob(data).mean()
+
+``samples`` has shape ``(num_samples,) + batch_shape + event_shape``. For RBMs the energy of
+the samples is the free energy (hidden units summed out), so the gradient is the
+Rao-Blackwellized one.
+
+- :class:`CD` (contrastive divergence, CD-k): chains start at the data batch and run ``k``
+  sweeps. Biased (it does not follow ``grad log Z`` unless ``k`` is large), cheap.
+- :class:`PCD` (persistent CD, Tieleman 2008): chains carried across parameter updates.
+- :class:`ParallelTempering`: persistent replicas at inverse temperatures
+  ``1 = beta_0 > ... > beta_{M-1}``, adjacent swaps after each sweep, swap rates reported.
+
+Estimators are frozen dataclasses (hashable), so they can be closed over or passed as static
+arguments to ``jax.jit``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax, random
+
+from numpyro_ebm.distributions.base import EnergyBasedDistribution
+
+__all__ = ["CD", "PCD", "EstimatorInfo", "EstimatorState", "ParallelTempering"]
+
+
+class EstimatorState(NamedTuple):
+    """Chains of an estimator.
+
+    position : chain states; ``(num_chains,) + batch + event`` (PCD),
+        ``(num_temperatures, num_chains) + batch + event`` (parallel tempering), or an empty
+        array for CD, whose chains start at the data.
+    step : number of updates so far (alternates the swap pairs of parallel tempering).
+    swap_accepts : accepted swaps per adjacent temperature pair, summed over chains and
+        steps (parallel tempering; empty otherwise).
+    swap_attempts : attempted swaps per adjacent pair (same layout).
+    """
+
+    position: jax.Array
+    step: jax.Array
+    swap_accepts: jax.Array
+    swap_attempts: jax.Array
+
+
+class EstimatorInfo(NamedTuple):
+    """Cheap per-step summaries: mean energy of the returned samples and, for parallel
+    tempering, the acceptance probability of each adjacent swap this step (NaN for pairs
+    not attempted)."""
+
+    energy: jax.Array
+    swap_rate: jax.Array
+
+
+def _sweeps(rng_key, x, distribution, num_sweeps, beta=1.0):
+    def body(x, key):
+        return distribution.gibbs_sweep(key, x, beta), None
+
+    x, _ = lax.scan(body, x, random.split(rng_key, num_sweeps))
+    return x
+
+
+def _empty(dtype=jnp.float32):
+    return jnp.zeros((0,), dtype)
+
+
+def _check_positive(name: str, value: int) -> int:
+    if int(value) != value or int(value) < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+    return int(value)
+
+
+def _data_for(distribution: EnergyBasedDistribution, data: Any) -> jax.Array:
+    data = jnp.asarray(data)
+    expected = distribution.batch_shape + distribution.event_shape
+    if data.ndim != len(expected) + 1 or data.shape[1:] != expected:
+        raise ValueError(
+            f"data must have shape (num_examples,) + batch_shape + event_shape = "
+            f"(num_examples,) + {expected}; got shape {data.shape}."
+        )
+    return data.astype(distribution.chain_dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class CD:
+    """Contrastive divergence: ``num_sweeps`` Gibbs sweeps from the data batch (CD-k).
+
+    Its gradient is biased toward the data (the chains never get far from it); the bias
+    shrinks as ``num_sweeps`` grows. Prefer :class:`PCD` when the likelihood matters.
+    """
+
+    num_sweeps: int = 1
+
+    def __post_init__(self):
+        _check_positive("num_sweeps", self.num_sweeps)
+
+    def init(self, rng_key, distribution, data=None) -> EstimatorState:
+        del rng_key, data
+        dtype = distribution.chain_dtype
+        return EstimatorState(_empty(dtype), jnp.zeros((), jnp.int32), _empty(), _empty())
+
+    def step(self, rng_key, state, distribution, data):
+        if data is None:
+            raise ValueError("CD needs the data batch: its chains start at the data.")
+        x = _sweeps(rng_key, _data_for(distribution, data), distribution, self.num_sweeps)
+        info = EstimatorInfo(jnp.mean(distribution.energy(x)), _empty())
+        return x, state._replace(step=state.step + 1), info
+
+
+@dataclasses.dataclass(frozen=True)
+class PCD:
+    """Persistent contrastive divergence (Tieleman 2008): ``num_chains`` chains that persist
+    across parameter updates, ``num_sweeps`` sweeps per update.
+
+    ``init_from_data=True`` (default) starts the chains at random data examples when data is
+    given to :meth:`init`, else at uniformly random states.
+    """
+
+    num_chains: int = 100
+    num_sweeps: int = 1
+    init_from_data: bool = True
+
+    def __post_init__(self):
+        _check_positive("num_chains", self.num_chains)
+        _check_positive("num_sweeps", self.num_sweeps)
+
+    def init(self, rng_key, distribution, data=None) -> EstimatorState:
+        if data is not None and self.init_from_data:
+            data = _data_for(distribution, data)
+            idx = random.randint(rng_key, (self.num_chains,), 0, data.shape[0])
+            x = data[idx]
+        else:
+            x = distribution.random_state(rng_key, (self.num_chains,))
+        return EstimatorState(x, jnp.zeros((), jnp.int32), _empty(), _empty())
+
+    def step(self, rng_key, state, distribution, data=None):
+        del data
+        x = _sweeps(rng_key, state.position, distribution, self.num_sweeps)
+        info = EstimatorInfo(jnp.mean(distribution.energy(x)), _empty())
+        return x, state._replace(position=x, step=state.step + 1), info
+
+
+def geometric_betas(num_temperatures: int, min_beta: float) -> jax.Array:
+    """``num_temperatures`` inverse temperatures from 1 down to ``min_beta``, geometrically."""
+    if num_temperatures == 1:
+        return jnp.ones((1,))
+    return min_beta ** (jnp.arange(num_temperatures) / (num_temperatures - 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class ParallelTempering:
+    """Persistent parallel tempering (replica exchange).
+
+    Each of ``num_chains`` independent ladders holds one replica per inverse temperature
+    ``betas[0] = 1 > betas[1] > ...``; a step runs ``num_sweeps`` Gibbs sweeps on every
+    replica at its own temperature (``gibbs_sweep`` with ``beta``), then proposes swaps
+    between adjacent temperatures, even pairs and odd pairs on alternate steps, accepted
+    with probability ``min(1, exp(u_i(x_i) + u_j(x_j) - u_i(x_j) - u_j(x_i)))``, ``u_k`` the
+    tempered energy at ``betas[k]`` (for RBMs the tempered *free* energy). The ``beta = 1``
+    replicas are the samples.
+
+    Parameters
+    ----------
+    num_chains : int
+        Independent ladders.
+    num_temperatures : int
+        Used with ``min_beta`` when ``betas`` is not given: geometric spacing.
+    min_beta : float
+    betas : tuple of float, optional
+        Explicit decreasing inverse temperatures starting at 1.
+    num_sweeps : int
+    """
+
+    num_chains: int = 100
+    num_temperatures: int = 10
+    min_beta: float = 0.1
+    betas: tuple[float, ...] | None = None
+    num_sweeps: int = 1
+
+    def __post_init__(self):
+        _check_positive("num_chains", self.num_chains)
+        _check_positive("num_sweeps", self.num_sweeps)
+        if self.betas is not None:
+            betas = tuple(float(b) for b in self.betas)
+            if betas[0] != 1.0 or any(b <= 0 for b in betas) or any(
+                later >= earlier for earlier, later in zip(betas, betas[1:], strict=False)
+            ):
+                raise ValueError(
+                    "betas must start at 1.0 and strictly decrease, staying positive; got "
+                    f"{self.betas}."
+                )
+            object.__setattr__(self, "betas", betas)
+        else:
+            _check_positive("num_temperatures", self.num_temperatures)
+            if not 0.0 < self.min_beta < 1.0:
+                raise ValueError(f"min_beta must lie in (0, 1); got {self.min_beta}.")
+
+    def ladder(self) -> jax.Array:
+        """The inverse temperatures, shape ``(num_temperatures,)``."""
+        if self.betas is not None:
+            return jnp.asarray(self.betas)
+        return geometric_betas(self.num_temperatures, self.min_beta)
+
+    def init(self, rng_key, distribution, data=None) -> EstimatorState:
+        del data
+        m = self.ladder().shape[0]
+        x = distribution.random_state(rng_key, (m, self.num_chains))
+        zeros = jnp.zeros((max(m - 1, 0),), jnp.float32)
+        return EstimatorState(x, jnp.zeros((), jnp.int32), zeros, zeros)
+
+    def _betas_for(self, distribution, dtype):
+        betas = self.ladder().astype(dtype)
+        extra = 1 + len(distribution.batch_shape)  # chains + batch axes
+        return betas.reshape(betas.shape + (1,) * extra)
+
+    def step(self, rng_key, state, distribution, data=None):
+        del data
+        key_sweep, key_swap = random.split(rng_key)
+        dtype = distribution.chain_dtype
+        betas = self._betas_for(distribution, dtype)
+        x = _sweeps(key_sweep, state.position, distribution, self.num_sweeps, betas)
+        m = betas.shape[0]
+        if m == 1:
+            info = EstimatorInfo(jnp.mean(distribution.energy(x[0])), _empty())
+            return x[0], state._replace(position=x, step=state.step + 1), info
+        # u[k, l]: tempered energy of replica l at temperature k, for l in {k-1, k, k+1}.
+        own = distribution.tempered_energy(x, betas)
+        up = distribution.tempered_energy(x[:-1], betas[1:])  # replica k at beta_{k+1}
+        down = distribution.tempered_energy(x[1:], betas[:-1])  # replica k+1 at beta_k
+        log_accept = own[:-1] + own[1:] - up - down  # (m - 1, chains) + batch
+        accept_prob = jnp.exp(jnp.minimum(log_accept, 0.0))
+        parity = state.step % 2
+        pair = jnp.arange(m - 1)
+        active = (pair % 2 == parity).reshape((m - 1,) + (1,) * (log_accept.ndim - 1))
+        u = random.uniform(key_swap, log_accept.shape, dtype)
+        swap = active & (u < accept_prob)
+        # Pairs of one parity are disjoint: replica k moves to k+1 if pair k swaps, to k-1
+        # if pair k-1 swaps.
+        no = jnp.zeros((1,) + swap.shape[1:], bool)
+        from_above = jnp.concatenate([swap, no], 0)  # replica k takes x[k+1]
+        from_below = jnp.concatenate([no, swap], 0)  # replica k takes x[k-1]
+        event_axes = (1,) * len(distribution.event_shape)
+        fa = from_above.reshape(from_above.shape + event_axes)
+        fb = from_below.reshape(from_below.shape + event_axes)
+        shifted_up = jnp.concatenate([x[1:], x[-1:]], 0)
+        shifted_down = jnp.concatenate([x[:1], x[:-1]], 0)
+        x = jnp.where(fa, shifted_up, jnp.where(fb, shifted_down, x))
+        reduce_axes = tuple(range(1, accept_prob.ndim))
+        active_pairs = (pair % 2 == parity).astype(jnp.float32)
+        attempts = active_pairs * accept_prob[0].size
+        accepts = jnp.sum(swap, axis=reduce_axes).astype(jnp.float32)
+        rate = jnp.where(active_pairs > 0, jnp.mean(accept_prob, axis=reduce_axes), jnp.nan)
+        new_state = EstimatorState(
+            x,
+            state.step + 1,
+            state.swap_accepts + accepts,
+            state.swap_attempts + attempts,
+        )
+        info = EstimatorInfo(jnp.mean(distribution.energy(x[0])), rate)
+        return x[0], new_state, info
+
+    @staticmethod
+    def swap_rates(state: EstimatorState) -> jax.Array:
+        """Fraction of accepted swaps per adjacent temperature pair so far."""
+        return state.swap_accepts / jnp.maximum(state.swap_attempts, 1.0)
+
