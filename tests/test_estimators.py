@@ -129,7 +129,7 @@ def test_parallel_tempering_replicas_match_tempered_distributions():
     for k, beta in enumerate(pt.betas):
         log_p = -rbm.tempered_energy(states, beta)
         probs = np.exp(np.asarray(log_p - jax.nn.logsumexp(log_p), np.float64))
-        codes = state_codes(np.asarray(state.position[k]), rbm.support_values)
+        codes = state_codes(np.asarray(state.chains[k]), rbm.support_values)
         assert chi_square_pvalue(codes, probs) > 1e-3
     rates = ParallelTempering.swap_rates(state)
     assert rates.shape == (2,) and bool(jnp.all((rates > 0) & (rates <= 1)))

@@ -267,6 +267,28 @@ class EnergyBasedDistribution(Distribution):
         new._negative_samples = lax.stop_gradient(samples.astype(self.chain_dtype))
         return new
 
+    def with_parameters(self, **params: Any) -> EnergyBasedDistribution:
+        """A copy with some energy parameters replaced (same shapes; no re-validation, so it
+        is cheap inside ``jit``). Attached negative samples are dropped."""
+        unknown = set(params) - set(self.energy_parameters())
+        if unknown:
+            raise ValueError(
+                f"with_parameters got unknown parameter(s) {sorted(unknown)}; "
+                f"{type(self).__name__} has {sorted(self.energy_parameters())}."
+            )
+        leaves, treedef = jax.tree.flatten(self)
+        new = jax.tree.unflatten(treedef, leaves)
+        for name, value in params.items():
+            old = getattr(self, name)
+            value = jnp.asarray(value)
+            if old is not None and jnp.shape(old) != value.shape:
+                raise ValueError(
+                    f"{name} must keep its shape {jnp.shape(old)}; got shape {value.shape}."
+                )
+            setattr(new, name, value)
+        new._negative_samples = None
+        return new
+
     @property
     def negative_samples(self) -> jax.Array | None:
         """Samples attached with :meth:`with_negative_samples`, or ``None``."""

@@ -8,7 +8,13 @@ from numpyro_ebm.infer.estimators import (
     EstimatorState,
     ParallelTempering,
 )
-from numpyro_ebm.infer.gibbs import BlockGibbs, BlockGibbsState, GibbsInfo, GibbsState
+from numpyro_ebm.infer.gibbs import (
+    BlockGibbs,
+    BlockGibbsState,
+    GibbsInfo,
+    GibbsState,
+    GibbsTransition,
+)
 
 __all__ = [
     "CD",
@@ -19,6 +25,7 @@ __all__ = [
     "EstimatorState",
     "GibbsInfo",
     "GibbsState",
+    "GibbsTransition",
     "ParallelTempering",
     "gibbs",
 ]

@@ -21,7 +21,11 @@ Rao-Blackwellized one.
   ``1 = beta_0 > ... > beta_{M-1}``, adjacent swaps after each sweep, swap rates reported.
 
 Estimators are frozen dataclasses (hashable), so they can be closed over or passed as static
-arguments to ``jax.jit``.
+arguments to ``jax.jit``. What they run on their chains between updates is a *transition*
+(``transition=``): block Gibbs by default (:class:`~numpyro_ebm.infer.GibbsTransition`), or
+any object with the same ``init(rng_key, distribution, position)``,
+``step(rng_key, chain_state, distribution, beta)`` and ``position(chain_state)`` methods,
+whose chain-state leaves carry the chain axes first.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import jax.numpy as jnp
 from jax import lax, random
 
 from numpyro_ebm.distributions.base import EnergyBasedDistribution
+from numpyro_ebm.infer.gibbs import GibbsTransition
 
 __all__ = ["CD", "PCD", "EstimatorInfo", "EstimatorState", "ParallelTempering"]
 
@@ -41,16 +46,16 @@ __all__ = ["CD", "PCD", "EstimatorInfo", "EstimatorState", "ParallelTempering"]
 class EstimatorState(NamedTuple):
     """Chains of an estimator.
 
-    position : chain states; ``(num_chains,) + batch + event`` (PCD),
-        ``(num_temperatures, num_chains) + batch + event`` (parallel tempering), or an empty
-        array for CD, whose chains start at the data.
+    chains : the transition's chain state (for block Gibbs the configurations), leading axes
+        ``(num_chains,)`` (PCD) or ``(num_temperatures, num_chains)`` (parallel tempering);
+        an empty array for CD, whose chains start at the data.
     step : number of updates so far (alternates the swap pairs of parallel tempering).
     swap_accepts : accepted swaps per adjacent temperature pair, summed over chains and
         steps (parallel tempering; empty otherwise).
     swap_attempts : attempted swaps per adjacent pair (same layout).
     """
 
-    position: jax.Array
+    chains: Any
     step: jax.Array
     swap_accepts: jax.Array
     swap_attempts: jax.Array
@@ -65,12 +70,12 @@ class EstimatorInfo(NamedTuple):
     swap_rate: jax.Array
 
 
-def _sweeps(rng_key, x, distribution, num_sweeps, beta=1.0):
-    def body(x, key):
-        return distribution.gibbs_sweep(key, x, beta), None
+def _sweeps(rng_key, chains, distribution, num_sweeps, transition, beta=1.0):
+    def body(chains, key):
+        return transition.step(key, chains, distribution, beta), None
 
-    x, _ = lax.scan(body, x, random.split(rng_key, num_sweeps))
-    return x
+    chains, _ = lax.scan(body, chains, random.split(rng_key, num_sweeps))
+    return chains
 
 
 def _empty(dtype=jnp.float32):
@@ -103,6 +108,7 @@ class CD:
     """
 
     num_sweeps: int = 1
+    transition: Any = GibbsTransition()
 
     def __post_init__(self):
         _check_positive("num_sweeps", self.num_sweeps)
@@ -115,7 +121,10 @@ class CD:
     def step(self, rng_key, state, distribution, data):
         if data is None:
             raise ValueError("CD needs the data batch: its chains start at the data.")
-        x = _sweeps(rng_key, _data_for(distribution, data), distribution, self.num_sweeps)
+        key_init, key_run = random.split(rng_key)
+        chains = self.transition.init(key_init, distribution, _data_for(distribution, data))
+        chains = _sweeps(key_run, chains, distribution, self.num_sweeps, self.transition)
+        x = self.transition.position(chains)
         info = EstimatorInfo(jnp.mean(distribution.energy(x)), _empty())
         return x, state._replace(step=state.step + 1), info
 
@@ -132,25 +141,29 @@ class PCD:
     num_chains: int = 100
     num_sweeps: int = 1
     init_from_data: bool = True
+    transition: Any = GibbsTransition()
 
     def __post_init__(self):
         _check_positive("num_chains", self.num_chains)
         _check_positive("num_sweeps", self.num_sweeps)
 
     def init(self, rng_key, distribution, data=None) -> EstimatorState:
+        key_pick, key_init = random.split(rng_key)
         if data is not None and self.init_from_data:
             data = _data_for(distribution, data)
-            idx = random.randint(rng_key, (self.num_chains,), 0, data.shape[0])
+            idx = random.randint(key_pick, (self.num_chains,), 0, data.shape[0])
             x = data[idx]
         else:
-            x = distribution.random_state(rng_key, (self.num_chains,))
-        return EstimatorState(x, jnp.zeros((), jnp.int32), _empty(), _empty())
+            x = distribution.random_state(key_pick, (self.num_chains,))
+        chains = self.transition.init(key_init, distribution, x)
+        return EstimatorState(chains, jnp.zeros((), jnp.int32), _empty(), _empty())
 
     def step(self, rng_key, state, distribution, data=None):
         del data
-        x = _sweeps(rng_key, state.position, distribution, self.num_sweeps)
+        chains = _sweeps(rng_key, state.chains, distribution, self.num_sweeps, self.transition)
+        x = self.transition.position(chains)
         info = EstimatorInfo(jnp.mean(distribution.energy(x)), _empty())
-        return x, state._replace(position=x, step=state.step + 1), info
+        return x, state._replace(chains=chains, step=state.step + 1), info
 
 
 def geometric_betas(num_temperatures: int, min_beta: float) -> jax.Array:
@@ -189,6 +202,7 @@ class ParallelTempering:
     min_beta: float = 0.1
     betas: tuple[float, ...] | None = None
     num_sweeps: int = 1
+    transition: Any = GibbsTransition()
 
     def __post_init__(self):
         _check_positive("num_chains", self.num_chains)
@@ -216,10 +230,12 @@ class ParallelTempering:
 
     def init(self, rng_key, distribution, data=None) -> EstimatorState:
         del data
+        key_x, key_init = random.split(rng_key)
         m = self.ladder().shape[0]
-        x = distribution.random_state(rng_key, (m, self.num_chains))
+        x = distribution.random_state(key_x, (m, self.num_chains))
+        chains = self.transition.init(key_init, distribution, x)
         zeros = jnp.zeros((max(m - 1, 0),), jnp.float32)
-        return EstimatorState(x, jnp.zeros((), jnp.int32), zeros, zeros)
+        return EstimatorState(chains, jnp.zeros((), jnp.int32), zeros, zeros)
 
     def _betas_for(self, distribution, dtype):
         betas = self.ladder().astype(dtype)
@@ -231,11 +247,14 @@ class ParallelTempering:
         key_sweep, key_swap = random.split(rng_key)
         dtype = distribution.chain_dtype
         betas = self._betas_for(distribution, dtype)
-        x = _sweeps(key_sweep, state.position, distribution, self.num_sweeps, betas)
+        chains = _sweeps(
+            key_sweep, state.chains, distribution, self.num_sweeps, self.transition, betas
+        )
+        x = self.transition.position(chains)
         m = betas.shape[0]
         if m == 1:
             info = EstimatorInfo(jnp.mean(distribution.energy(x[0])), _empty())
-            return x[0], state._replace(position=x, step=state.step + 1), info
+            return x[0], state._replace(chains=chains, step=state.step + 1), info
         # u[k, l]: tempered energy of replica l at temperature k, for l in {k-1, k, k+1}.
         own = distribution.tempered_energy(x, betas)
         up = distribution.tempered_energy(x[:-1], betas[1:])  # replica k at beta_{k+1}
@@ -252,19 +271,25 @@ class ParallelTempering:
         no = jnp.zeros((1,) + swap.shape[1:], bool)
         from_above = jnp.concatenate([swap, no], 0)  # replica k takes x[k+1]
         from_below = jnp.concatenate([no, swap], 0)  # replica k takes x[k-1]
-        event_axes = (1,) * len(distribution.event_shape)
-        fa = from_above.reshape(from_above.shape + event_axes)
-        fb = from_below.reshape(from_below.shape + event_axes)
-        shifted_up = jnp.concatenate([x[1:], x[-1:]], 0)
-        shifted_down = jnp.concatenate([x[:1], x[:-1]], 0)
-        x = jnp.where(fa, shifted_up, jnp.where(fb, shifted_down, x))
+
+        def exchange(leaf):
+            # Swap whole replicas (every leaf of the transition's state moves with them).
+            extra = (1,) * (leaf.ndim - from_above.ndim)
+            fa = from_above.reshape(from_above.shape + extra)
+            fb = from_below.reshape(from_below.shape + extra)
+            up = jnp.concatenate([leaf[1:], leaf[-1:]], 0)
+            down = jnp.concatenate([leaf[:1], leaf[:-1]], 0)
+            return jnp.where(fa, up, jnp.where(fb, down, leaf))
+
+        chains = jax.tree.map(exchange, chains)
+        x = self.transition.position(chains)
         reduce_axes = tuple(range(1, accept_prob.ndim))
         active_pairs = (pair % 2 == parity).astype(jnp.float32)
         attempts = active_pairs * accept_prob[0].size
         accepts = jnp.sum(swap, axis=reduce_axes).astype(jnp.float32)
         rate = jnp.where(active_pairs > 0, jnp.mean(accept_prob, axis=reduce_axes), jnp.nan)
         new_state = EstimatorState(
-            x,
+            chains,
             state.step + 1,
             state.swap_accepts + accepts,
             state.swap_attempts + attempts,

@@ -16,6 +16,7 @@ Gaussian visible layer of a GB-RBM. See each family's ``gibbs_sweep``.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -25,7 +26,15 @@ from numpyro.infer.mcmc import MCMCKernel
 
 from numpyro_ebm.distributions.base import EnergyBasedDistribution
 
-__all__ = ["BlockGibbs", "BlockGibbsState", "GibbsInfo", "GibbsState", "init", "kernel"]
+__all__ = [
+    "BlockGibbs",
+    "BlockGibbsState",
+    "GibbsInfo",
+    "GibbsState",
+    "GibbsTransition",
+    "init",
+    "kernel",
+]
 
 
 class GibbsState(NamedTuple):
@@ -94,6 +103,27 @@ def kernel(
         position, _ = lax.scan(body, state.position, random.split(rng_key, num_sweeps))
     energy = distribution.energy(position)
     return GibbsState(position, energy), GibbsInfo(energy)
+
+
+@dataclasses.dataclass(frozen=True)
+class GibbsTransition:
+    """The block-Gibbs sweep as a *transition* for the persistent estimators.
+
+    A transition is what an estimator runs on its chains between parameter updates; every
+    transition has the same three methods (``init``, ``step``, ``position``) so estimators
+    can run any of them (see :class:`numpyro_ebm.infer.RelaxedHMC` for another). The chain
+    state of block Gibbs is just the configuration.
+    """
+
+    def init(self, rng_key, distribution, position):
+        del rng_key
+        return jnp.asarray(position, distribution.chain_dtype)
+
+    def step(self, rng_key, state, distribution, beta=1.0):
+        return distribution.gibbs_sweep(rng_key, state, beta)
+
+    def position(self, state):
+        return state
 
 
 class BlockGibbsState(NamedTuple):
