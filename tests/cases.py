@@ -1,0 +1,89 @@
+"""Registry of tiny models, one or more per family plus batched variants, for the generic
+conformance tests. Each case builds its distribution and says how to break it."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+import numpyro_ebm as ebm
+
+
+def _normal(seed, shape, scale=1.0):
+    return scale * jax.random.normal(jax.random.key(seed), shape)
+
+
+def _symmetric(seed, n, scale=1.0, batch=()):
+    a = _normal(seed, batch + (n, n), scale)
+    a = (a + jnp.swapaxes(a, -1, -2)) / 2
+    return a * (1 - jnp.eye(n))
+
+
+@dataclasses.dataclass
+class Case:
+    id: str
+    make: Callable[..., Any]
+    kwargs: dict[str, Any]
+    batch_shape: tuple[int, ...]
+    event_shape: tuple[int, ...]
+    #: (kwargs overrides, name of the argument the ValueError must mention)
+    bad: list[tuple[dict[str, Any], str]] = dataclasses.field(default_factory=list)
+    #: shapes for ``infer_shapes`` (None: the family is built by a classmethod)
+    infer_shapes: dict[str, tuple[int, ...]] | None = None
+    discrete: bool = True
+
+    def build(self, **overrides):
+        return self.make(**{**self.kwargs, **overrides})
+
+    def build64(self, **overrides):
+        """Build with every floating array argument cast to float64 (needs x64 enabled)."""
+
+        def cast(v):
+            if isinstance(v, jax.Array) and jnp.issubdtype(v.dtype, jnp.floating):
+                return v.astype(jnp.float64)
+            return v
+
+        kwargs = {k: cast(v) for k, v in {**self.kwargs, **overrides}.items()}
+        return self.make(**kwargs)
+
+
+def rbm_cases():
+    w = _normal(0, (4, 3))
+    wb = _normal(1, (2, 4, 3))
+    nan_w = w.at[0, 0].set(jnp.nan)
+    return [
+        Case(
+            "rbm",
+            ebm.BernoulliRBM,
+            dict(weights=w, visible_bias=_normal(2, (4,)), hidden_bias=_normal(3, (3,))),
+            (),
+            (4,),
+            bad=[
+                (dict(weights=nan_w), "weights"),
+                (dict(visible_bias=jnp.zeros(5)), "visible_bias"),
+                (dict(hidden_bias=jnp.zeros((3, 2))), "hidden_bias"),
+                (dict(weights=jnp.zeros(4)), "weights"),
+            ],
+            infer_shapes=dict(weights=(4, 3), visible_bias=(4,), hidden_bias=(3,)),
+        ),
+        Case(
+            "rbm-batched",
+            ebm.BernoulliRBM,
+            dict(weights=wb, visible_bias=_normal(4, (4,)), hidden_bias=_normal(5, (2, 3))),
+            (2,),
+            (4,),
+            bad=[(dict(visible_bias=jnp.zeros((3, 4))), "batch shapes")],
+            infer_shapes=dict(weights=(2, 4, 3), visible_bias=(4,), hidden_bias=(2, 3)),
+        ),
+    ]
+
+
+def all_cases():
+    return rbm_cases()
+
+
+CASES = all_cases()
