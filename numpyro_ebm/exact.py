@@ -9,6 +9,8 @@ RBMs enumerate their smaller layer, so a 784 x 20 RBM costs ``2**20`` states.
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -72,6 +74,12 @@ def exact_log_partition(
     >>> round(float(exact_log_partition(rbm)), 4)  # log(2**3 * 2**2): all energies are 0
     3.4657
     """
+    return _exact_log_partition(distribution, chunk_size, max_states)
+
+
+@partial(jax.jit, static_argnums=(1, 2))
+def _exact_log_partition(distribution, chunk_size, max_states):
+    # Compiled once per distribution structure, not at every eager call.
     spec = distribution._enumeration()
     chunk, num_chunks = _plan(spec, chunk_size, max_states)
 
@@ -99,6 +107,11 @@ def exact_marginals(
     {0,1} models ``[..., 1]`` is ``P(x_i = 1)``, for Ising models ``[..., 1]`` is
     ``P(s_i = +1)``.
     """
+    return _exact_marginals(distribution, chunk_size, max_states)
+
+
+@partial(jax.jit, static_argnums=(1, 2))
+def _exact_marginals(distribution, chunk_size, max_states):
     spec = distribution._enumeration()
     if spec.unit_probs is None:
         raise ValueError(f"{type(distribution).__name__} has continuous units: no marginals.")

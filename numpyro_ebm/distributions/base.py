@@ -338,14 +338,7 @@ class EnergyBasedDistribution(Distribution):
         """Approximate draws: independent chains from uniformly random states, each run for
         :attr:`num_sweeps` sweeps of :meth:`gibbs_sweep` (set ``num_sweeps`` in the
         constructor). Use :class:`numpyro_ebm.infer.BlockGibbs` to diagnose mixing."""
-        key_init, key_run = random.split(key)
-        x = self.random_state(key_init, sample_shape)
-
-        def body(x, k):
-            return self.gibbs_sweep(k, x), None
-
-        x, _ = lax.scan(body, x, random.split(key_run, self.num_sweeps))
-        return x.astype(self.sample_dtype)
+        return _sample(self, key, tuple(sample_shape))
 
     def enumerate_support(self, expand: bool = True) -> jax.Array:
         """The values of **one unit** (not the joint configurations), shaped
@@ -390,6 +383,19 @@ class EnergyBasedDistribution(Distribution):
             f"{type(self).__name__}(batch_shape={self.batch_shape}, "
             f"event_shape={self.event_shape})"
         )
+
+
+@partial(jax.jit, static_argnums=2)
+def _sample(distribution: EnergyBasedDistribution, key: jax.Array, sample_shape: tuple) -> jax.Array:
+    # Compiled once per distribution structure (class, shapes, static config) and shape.
+    key_init, key_run = random.split(key)
+    x = distribution.random_state(key_init, sample_shape)
+
+    def body(x, k):
+        return distribution.gibbs_sweep(k, x), None
+
+    x, _ = lax.scan(body, x, random.split(key_run, distribution.num_sweeps))
+    return x.astype(distribution.sample_dtype)
 
 
 def digits(codes: jax.Array, num_units: int, num_values: int) -> jax.Array:
