@@ -4,6 +4,9 @@ from numpyro_ebm.distributions import (
     AUTO_EXACT_MAX_STATES,
     BernoulliRBM,
     EnergyBasedDistribution,
+    EnergyDistribution,
+    FiniteValues,
+    GaussianBernoulliRBM,
     LogPartitionGradientError,
 )
 from numpyro_ebm.exact import all_states, exact_log_partition, exact_marginals
@@ -14,6 +17,9 @@ __all__ = [
     "AUTO_EXACT_MAX_STATES",
     "BernoulliRBM",
     "EnergyBasedDistribution",
+    "EnergyDistribution",
+    "FiniteValues",
+    "GaussianBernoulliRBM",
     "LogPartitionGradientError",
     "__version__",
     "all_states",

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 
 import numpyro_ebm as ebm
+from numpyro_ebm.distributions.custom import EnergyDistribution
+from numpyro_ebm.distributions.gaussian_rbm import GaussianBernoulliRBM
 
 
 def _normal(seed, shape, scale=1.0):
@@ -82,8 +84,115 @@ def rbm_cases():
     ]
 
 
+def gbrbm_cases():
+    return [
+        Case(
+            "gbrbm",
+            GaussianBernoulliRBM,
+            dict(
+                weights=_normal(10, (3, 2)),
+                visible_bias=_normal(11, (3,)),
+                hidden_bias=_normal(12, (2,)),
+                visible_scale=jnp.asarray([0.5, 1.0, 2.0]),
+            ),
+            (),
+            (3,),
+            bad=[
+                (dict(visible_scale=jnp.asarray([1.0, 0.0, 1.0])), "visible_scale"),
+                (dict(visible_scale=jnp.ones(2)), "visible_scale"),
+                (dict(weights=_normal(10, (3, 2)).at[0, 0].set(jnp.nan)), "weights"),
+            ],
+            infer_shapes=dict(
+                weights=(3, 2), visible_bias=(3,), hidden_bias=(2,), visible_scale=(3,)
+            ),
+            discrete=False,
+        ),
+        Case(
+            "gbrbm-batched",
+            GaussianBernoulliRBM,
+            dict(
+                weights=_normal(13, (2, 3, 2)),
+                visible_bias=_normal(14, (3,)),
+                hidden_bias=_normal(15, (2, 2)),
+                visible_scale=0.7,
+            ),
+            (2,),
+            (3,),
+            bad=[
+                (dict(visible_scale=-1.0), "visible_scale"),
+                (dict(visible_bias=jnp.zeros((3, 3))), "batch shapes"),
+            ],
+            infer_shapes=dict(
+                weights=(2, 3, 2), visible_bias=(3,), hidden_bias=(2, 2), visible_scale=()
+            ),
+            discrete=False,
+        ),
+    ]
+
+
+def _boltzmann_energy(x, params):
+    return -0.5 * x @ params["couplings"] @ x - params["fields"] @ x
+
+
+def _custom_three_state(couplings, fields, batch_shape=(), **kwargs):
+    return EnergyDistribution(
+        _boltzmann_energy,
+        (3,),
+        support_values=(0, 1, 2),
+        params={"couplings": couplings, "fields": fields},
+        batch_shape=batch_shape,
+        **kwargs,
+    )
+
+
+def _quadratic_energy(x, precision):
+    return 0.5 * x @ precision @ x
+
+
+def _custom_gaussian(precision, **kwargs):
+    return EnergyDistribution(_quadratic_energy, (2,), params=precision, **kwargs)
+
+
+def custom_cases():
+    return [
+        Case(
+            "custom-3state",
+            _custom_three_state,
+            dict(couplings=0.5 * _symmetric(16, 3), fields=_normal(17, (3,), 0.5)),
+            (),
+            (3,),
+            bad=[
+                (dict(couplings=jnp.full((3, 3), jnp.nan)), "params"),
+                (dict(fields=jnp.zeros((2,))), "energy_fn"),
+                (dict(step_size=0.1), "step_size"),
+            ],
+        ),
+        Case(
+            "custom-batched",
+            _custom_three_state,
+            dict(
+                couplings=0.5 * _symmetric(18, 3, batch=(2,)),
+                fields=_normal(19, (2, 3), 0.5),
+                batch_shape=(2,),
+            ),
+            (2,),
+            (3,),
+            bad=[(dict(fields=jnp.zeros((3,))), "params")],
+        ),
+        Case(
+            "custom-gaussian",
+            _custom_gaussian,
+            dict(precision=jnp.asarray([[2.0, 0.6], [0.6, 1.0]])),
+            (),
+            (2,),
+            bad=[(dict(step_size=-0.1), "step_size"), (dict(precision=jnp.eye(3)), "energy_fn")],
+            discrete=False,
+        ),
+    ]
+
+
 def all_cases():
-    return rbm_cases()
+    return rbm_cases() + gbrbm_cases() + custom_cases()
 
 
 CASES = all_cases()

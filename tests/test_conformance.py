@@ -31,7 +31,7 @@ def test_shapes_and_sample(case):
 
 def test_infer_shapes(case):
     if case.infer_shapes is None:
-        pytest.skip("built by a classmethod; no plain constructor shapes")
+        pytest.skip("no constructor shapes to infer from (classmethod or user energy)")
     d = case.build()
     assert type(d).infer_shapes(**case.infer_shapes) == (d.batch_shape, d.event_shape)
 

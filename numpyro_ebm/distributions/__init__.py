@@ -5,11 +5,16 @@ from numpyro_ebm.distributions.base import (
     EnergyBasedDistribution,
     LogPartitionGradientError,
 )
+from numpyro_ebm.distributions.custom import EnergyDistribution, FiniteValues
+from numpyro_ebm.distributions.gaussian_rbm import GaussianBernoulliRBM
 from numpyro_ebm.distributions.rbm import BernoulliRBM
 
 __all__ = [
     "AUTO_EXACT_MAX_STATES",
     "BernoulliRBM",
     "EnergyBasedDistribution",
+    "EnergyDistribution",
+    "FiniteValues",
+    "GaussianBernoulliRBM",
     "LogPartitionGradientError",
 ]

@@ -386,7 +386,7 @@ class EnergyBasedDistribution(Distribution):
 
 
 @partial(jax.jit, static_argnums=2)
-def _sample(distribution: EnergyBasedDistribution, key: jax.Array, sample_shape: tuple) -> jax.Array:
+def _sample(distribution: EnergyBasedDistribution, key: jax.Array, sample_shape: tuple):
     # Compiled once per distribution structure (class, shapes, static config) and shape.
     key_init, key_run = random.split(key)
     x = distribution.random_state(key_init, sample_shape)

@@ -31,6 +31,7 @@ whose chain-state leaves carry the chain axes first.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Any, NamedTuple
 
 import jax
@@ -210,7 +211,7 @@ class ParallelTempering:
         if self.betas is not None:
             betas = tuple(float(b) for b in self.betas)
             if betas[0] != 1.0 or any(b <= 0 for b in betas) or any(
-                later >= earlier for earlier, later in zip(betas, betas[1:], strict=False)
+                later >= earlier for earlier, later in itertools.pairwise(betas)
             ):
                 raise ValueError(
                     "betas must start at 1.0 and strictly decrease, staying positive; got "
