@@ -3,10 +3,13 @@
 from numpyro_ebm.distributions import (
     AUTO_EXACT_MAX_STATES,
     BernoulliRBM,
+    BoltzmannMachine,
     EnergyBasedDistribution,
     EnergyDistribution,
     FiniteValues,
     GaussianBernoulliRBM,
+    IsingLattice,
+    IsingModel,
     LogPartitionGradientError,
 )
 from numpyro_ebm.exact import all_states, exact_log_partition, exact_marginals
@@ -16,10 +19,13 @@ __version__ = "0.1.0"
 __all__ = [
     "AUTO_EXACT_MAX_STATES",
     "BernoulliRBM",
+    "BoltzmannMachine",
     "EnergyBasedDistribution",
     "EnergyDistribution",
     "FiniteValues",
     "GaussianBernoulliRBM",
+    "IsingLattice",
+    "IsingModel",
     "LogPartitionGradientError",
     "__version__",
     "all_states",

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 import numpyro_ebm as ebm
+from numpyro_ebm.distributions.boltzmann import BoltzmannMachine, IsingModel
 from numpyro_ebm.distributions.custom import EnergyDistribution
 from numpyro_ebm.distributions.gaussian_rbm import GaussianBernoulliRBM
 
@@ -191,8 +192,73 @@ def custom_cases():
     ]
 
 
+def boltzmann_cases():
+    j = _symmetric(20, 4, 0.6)
+    jb = _symmetric(21, 4, 0.6, batch=(2,))
+    ring = jnp.asarray(
+        [[0, 0.8, 0, -0.5], [0.8, 0, 0.4, 0], [0, 0.4, 0, 0.6], [-0.5, 0, 0.6, 0]]
+    )
+    return [
+        Case(
+            "boltzmann",
+            BoltzmannMachine,
+            dict(couplings=j, fields=_normal(22, (4,), 0.5)),
+            (),
+            (4,),
+            bad=[
+                (dict(couplings=j + jnp.triu(jnp.ones((4, 4)), 1)), "couplings"),
+                (dict(couplings=j + jnp.eye(4)), "couplings"),
+                (dict(couplings=j.at[0, 1].set(jnp.nan).at[1, 0].set(jnp.nan)), "couplings"),
+                (dict(couplings=jnp.zeros((4, 3))), "couplings"),
+                (dict(fields=jnp.zeros(3)), "fields"),
+                (dict(coloring=[0, 0, 0, 0]), "coloring"),
+            ],
+            infer_shapes=dict(couplings=(4, 4), fields=(4,)),
+        ),
+        Case(
+            "boltzmann-batched",
+            BoltzmannMachine,
+            dict(couplings=jb, fields=_normal(23, (4,), 0.5)),
+            (2,),
+            (4,),
+            bad=[(dict(fields=jnp.zeros((3, 4))), "batch shapes")],
+            infer_shapes=dict(couplings=(2, 4, 4), fields=(4,)),
+        ),
+        Case(
+            "ising-sparse",
+            IsingModel,
+            dict(couplings=ring, fields=_normal(24, (4,), 0.3)),
+            (),
+            (4,),
+            bad=[(dict(couplings=ring.at[0, 2].set(1.0)), "couplings")],
+            infer_shapes=dict(couplings=(4, 4), fields=(4,)),
+        ),
+        Case(
+            "ising-lattice",
+            IsingModel.lattice,
+            dict(shape=(3, 3), coupling=jnp.asarray(0.3), field=jnp.asarray(0.1)),
+            (),
+            (3, 3),
+            bad=[(dict(shape=(9,)), "shape"), (dict(coupling=jnp.asarray(jnp.nan)), "coupling")],
+        ),
+        Case(
+            "ising-lattice-batched",
+            IsingModel.lattice,
+            dict(
+                shape=(2, 3),
+                coupling=jnp.asarray([0.3, -0.4]),
+                field=_normal(25, (2, 3), 0.2),
+                periodic=False,
+            ),
+            (2,),
+            (2, 3),
+            bad=[(dict(field=jnp.zeros(3)), "batch shapes")],
+        ),
+    ]
+
+
 def all_cases():
-    return rbm_cases() + gbrbm_cases() + custom_cases()
+    return rbm_cases() + gbrbm_cases() + custom_cases() + boltzmann_cases()
 
 
 CASES = all_cases()

@@ -5,6 +5,7 @@ from numpyro_ebm.distributions.base import (
     EnergyBasedDistribution,
     LogPartitionGradientError,
 )
+from numpyro_ebm.distributions.boltzmann import BoltzmannMachine, IsingLattice, IsingModel
 from numpyro_ebm.distributions.custom import EnergyDistribution, FiniteValues
 from numpyro_ebm.distributions.gaussian_rbm import GaussianBernoulliRBM
 from numpyro_ebm.distributions.rbm import BernoulliRBM
@@ -12,9 +13,12 @@ from numpyro_ebm.distributions.rbm import BernoulliRBM
 __all__ = [
     "AUTO_EXACT_MAX_STATES",
     "BernoulliRBM",
+    "BoltzmannMachine",
     "EnergyBasedDistribution",
     "EnergyDistribution",
     "FiniteValues",
     "GaussianBernoulliRBM",
+    "IsingLattice",
+    "IsingModel",
     "LogPartitionGradientError",
 ]
