@@ -289,6 +289,15 @@ class EnergyBasedDistribution(Distribution):
         new._negative_samples = None
         return new
 
+    def with_num_sweeps(self, num_sweeps: int) -> EnergyBasedDistribution:
+        """A copy whose :meth:`sample` runs ``num_sweeps`` sweeps per chain."""
+        if int(num_sweeps) != num_sweeps or int(num_sweeps) < 0:
+            raise ValueError(f"num_sweeps must be a non-negative integer; got {num_sweeps}.")
+        leaves, treedef = jax.tree.flatten(self)
+        new = jax.tree.unflatten(treedef, leaves)
+        new.num_sweeps = int(num_sweeps)
+        return new
+
     @property
     def negative_samples(self) -> jax.Array | None:
         """Samples attached with :meth:`with_negative_samples`, or ``None``."""

@@ -1,0 +1,5 @@
+import sys
+
+from numpyro_ebm.cli import main
+
+sys.exit(main())
