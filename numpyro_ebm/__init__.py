@@ -11,6 +11,8 @@ from numpyro_ebm.distributions import (
     IsingLattice,
     IsingModel,
     LogPartitionGradientError,
+    PottsLattice,
+    PottsModel,
 )
 from numpyro_ebm.exact import all_states, exact_log_partition, exact_marginals
 
@@ -27,6 +29,8 @@ __all__ = [
     "IsingLattice",
     "IsingModel",
     "LogPartitionGradientError",
+    "PottsLattice",
+    "PottsModel",
     "__version__",
     "all_states",
     "exact_log_partition",

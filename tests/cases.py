@@ -14,6 +14,7 @@ import numpyro_ebm as ebm
 from numpyro_ebm.distributions.boltzmann import BoltzmannMachine, IsingModel
 from numpyro_ebm.distributions.custom import EnergyDistribution
 from numpyro_ebm.distributions.gaussian_rbm import GaussianBernoulliRBM
+from numpyro_ebm.distributions.potts import PottsModel
 
 
 def _normal(seed, shape, scale=1.0):
@@ -195,9 +196,7 @@ def custom_cases():
 def boltzmann_cases():
     j = _symmetric(20, 4, 0.6)
     jb = _symmetric(21, 4, 0.6, batch=(2,))
-    ring = jnp.asarray(
-        [[0, 0.8, 0, -0.5], [0.8, 0, 0.4, 0], [0, 0.4, 0, 0.6], [-0.5, 0, 0.6, 0]]
-    )
+    ring = jnp.asarray([[0, 0.8, 0, -0.5], [0.8, 0, 0.4, 0], [0, 0.4, 0, 0.6], [-0.5, 0, 0.6, 0]])
     return [
         Case(
             "boltzmann",
@@ -257,8 +256,55 @@ def boltzmann_cases():
     ]
 
 
+def potts_cases():
+    j = jnp.asarray([[0.0, 0.5, 0.0], [0.5, 0.0, -0.3], [0.0, -0.3, 0.0]])
+    fields = jnp.asarray([[0.1, 0.0, -0.1], [0.0, 0.2, 0.0], [0.3, 0.0, 0.0]])
+    return [
+        Case(
+            "potts",
+            PottsModel,
+            dict(couplings=j, fields=fields),
+            (),
+            (3,),
+            bad=[
+                (
+                    dict(couplings=jnp.asarray([[0.0, 1.0, 0], [0.0, 0.0, 0], [0, 0, 0]])),
+                    "couplings",
+                ),
+                (dict(fields=jnp.zeros((3, 3)).at[0, 0].set(jnp.nan)), "fields"),
+            ],
+            infer_shapes=dict(couplings=(3, 3), fields=(3, 3)),
+        ),
+        Case(
+            "potts-batched",
+            PottsModel,
+            dict(couplings=jnp.stack([j, -j]), fields=jnp.zeros((2, 3, 3))),
+            (2,),
+            (3,),
+            bad=[(dict(fields=jnp.zeros((2, 3, 1))), "fields")],
+            infer_shapes=dict(couplings=(2, 3, 3), fields=(2, 3, 3)),
+        ),
+        Case(
+            "potts-lattice-batched",
+            PottsModel.lattice,
+            dict(
+                shape=(2, 3),
+                num_states=3,
+                coupling=jnp.asarray([0.4, -0.2]),
+                fields=jnp.zeros((2, 1, 1, 3)),
+            ),
+            (2,),
+            (2, 3),
+            bad=[
+                (dict(coupling=jnp.asarray([0.4, jnp.nan])), "coupling"),
+                (dict(shape=(5,)), "shape"),
+            ],
+        ),
+    ]
+
+
 def all_cases():
-    return rbm_cases() + gbrbm_cases() + custom_cases() + boltzmann_cases()
+    return rbm_cases() + gbrbm_cases() + custom_cases() + boltzmann_cases() + potts_cases()
 
 
 CASES = all_cases()

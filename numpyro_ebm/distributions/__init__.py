@@ -8,6 +8,7 @@ from numpyro_ebm.distributions.base import (
 from numpyro_ebm.distributions.boltzmann import BoltzmannMachine, IsingLattice, IsingModel
 from numpyro_ebm.distributions.custom import EnergyDistribution, FiniteValues
 from numpyro_ebm.distributions.gaussian_rbm import GaussianBernoulliRBM
+from numpyro_ebm.distributions.potts import PottsLattice, PottsModel
 from numpyro_ebm.distributions.rbm import BernoulliRBM
 
 __all__ = [
@@ -21,4 +22,6 @@ __all__ = [
     "IsingLattice",
     "IsingModel",
     "LogPartitionGradientError",
+    "PottsLattice",
+    "PottsModel",
 ]
