@@ -15,6 +15,9 @@ from numpyro_ebm.distributions import (
     PottsModel,
 )
 from numpyro_ebm.exact import all_states, exact_log_partition, exact_marginals
+from numpyro_ebm.handlers import negative_phase
+from numpyro_ebm.io import load, save
+from numpyro_ebm.train import FitHistory, TrainingDivergedError, fit
 
 __version__ = "0.1.0"
 
@@ -25,14 +28,20 @@ __all__ = [
     "EnergyBasedDistribution",
     "EnergyDistribution",
     "FiniteValues",
+    "FitHistory",
     "GaussianBernoulliRBM",
     "IsingLattice",
     "IsingModel",
     "LogPartitionGradientError",
     "PottsLattice",
     "PottsModel",
+    "TrainingDivergedError",
     "__version__",
     "all_states",
     "exact_log_partition",
     "exact_marginals",
+    "fit",
+    "load",
+    "negative_phase",
+    "save",
 ]

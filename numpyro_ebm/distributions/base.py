@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax, random
-from numpyro.distributions import Distribution
+from numpyro.distributions import Distribution, constraints
 from numpyro.util import not_jax_tracer
 
 __all__ = [
@@ -177,6 +177,25 @@ class EnergyBasedDistribution(Distribution):
         self._log_partition_value = _checked_log_partition(log_partition, batch_shape)
         super().__init__(batch_shape, event_shape, validate_args=validate_args)
 
+    def validate_args(self, strict: bool = True) -> None:
+        """Check concrete parameters against ``arg_constraints`` on the host with NumPy
+        (numpyro's own check compiles JAX operations for every new shape), raising
+        ``ValueError`` naming the parameter. Families add their own checks on top."""
+        for name, constraint in self.arg_constraints.items():
+            value = self.__dict__.get(name)
+            if value is None or isinstance(constraint, constraints._Dependent):
+                continue
+            if not is_concrete(value):
+                if strict:
+                    raise RuntimeError("Cannot validate arguments inside jitted code.")
+                continue
+            check_finite(name, value)
+            if not np.all(np.asarray(constraint(np.asarray(value)))):
+                raise ValueError(
+                    f"{name} of this {type(self).__name__} does not satisfy its constraint "
+                    f"{type(constraint).__name__.lstrip('_')}."
+                )
+
     # ------------------------------------------------------------------ energies
     def energy(self, value: jax.Array) -> jax.Array:
         """Energy ``E(x)``; shape ``sample_shape + batch_shape``."""
@@ -269,7 +288,8 @@ class EnergyBasedDistribution(Distribution):
 
     def with_parameters(self, **params: Any) -> EnergyBasedDistribution:
         """A copy with some energy parameters replaced (same shapes; no re-validation, so it
-        is cheap inside ``jit``). Attached negative samples are dropped."""
+        is cheap inside ``jit``). An attached ``log Z`` and attached negative samples belong
+        to the old parameters and are dropped."""
         unknown = set(params) - set(self.energy_parameters())
         if unknown:
             raise ValueError(
@@ -287,6 +307,7 @@ class EnergyBasedDistribution(Distribution):
                 )
             setattr(new, name, value)
         new._negative_samples = None
+        new._log_partition_value = None
         return new
 
     def with_num_sweeps(self, num_sweeps: int) -> EnergyBasedDistribution:

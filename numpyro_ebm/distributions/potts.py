@@ -37,6 +37,7 @@ from numpyro_ebm.distributions.coloring import (
     lattice_coloring,
     sequential_coloring,
 )
+from numpyro_ebm.distributions.constraints import symmetric_zero_diagonal
 from numpyro_ebm.distributions.rbm import as_float, batch_shape_of, expand_beta
 
 __all__ = ["PottsLattice", "PottsModel", "categorical_draw", "one_hot"]
@@ -186,7 +187,7 @@ class PottsModel(EnergyBasedDistribution):
     """
 
     arg_constraints: ClassVar[dict[str, Any]] = {
-        "couplings": constraints.independent(constraints.real, 2),
+        "couplings": symmetric_zero_diagonal,
         "fields": constraints.independent(constraints.real, 2),
     }
     pytree_data_fields = ("couplings", "fields")

@@ -24,8 +24,10 @@ def as_float(x: Any) -> jax.Array:
     """``x`` as a JAX array of a floating dtype (integers become the default float)."""
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.result_type(float))
-    return x
+        return x.astype(jnp.result_type(float))
+    # A strongly typed copy: weakly typed parameters (from Python floats) would change the
+    # dtype of compiled programs between calls and cause recompilation.
+    return jnp.asarray(x, dtype=x.dtype)
 
 
 def vector_param(name: str, value: Any, size: int, dtype, owner: str) -> jax.Array:
