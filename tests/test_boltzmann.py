@@ -342,7 +342,7 @@ def test_user_coloring_is_validated():
     assert model.update_blocks == ((0, 2, 4), (1, 3, 5))
     with pytest.raises(ValueError, match="coloring is not proper"):
         BoltzmannMachine(j, coloring=[0, 0, 1, 1, 0, 1])
-    with pytest.raises(ValueError, match="coloring must be an integer array"):
+    with pytest.raises(ValueError, match="coloring must hold one non-negative integer colour"):
         BoltzmannMachine(j, coloring=[0, 1, 0])
 
 

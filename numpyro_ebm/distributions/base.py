@@ -31,7 +31,6 @@ instead of silently returning only the positive phase.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
@@ -100,13 +99,6 @@ def check_finite(name: str, value: Any) -> None:
             f"{name} contains {bad} non-finite value(s) (NaN or Inf); pass finite values "
             f"(if they come from a training run, it diverged: lower the learning rate)."
         )
-
-
-def check_matrix_shape(name: str, value: jax.Array, rows: int, cols: int | None = None) -> None:
-    shape = jnp.shape(value)
-    if len(shape) < 2 or shape[-2] != rows or (cols is not None and shape[-1] != cols):
-        want = f"batch_shape + ({rows}, {cols if cols is not None else 'n'})"
-        raise ValueError(f"{name} must have shape {want}; got shape {shape}.")
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(0,))
@@ -410,8 +402,7 @@ class EnergyBasedDistribution(Distribution):
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(batch_shape={self.batch_shape}, "
-            f"event_shape={self.event_shape})"
+            f"{type(self).__name__}(batch_shape={self.batch_shape}, event_shape={self.event_shape})"
         )
 
 
@@ -433,7 +424,3 @@ def digits(codes: jax.Array, num_units: int, num_values: int) -> jax.Array:
     (so states come out in ``itertools.product`` order)."""
     powers = jnp.asarray([num_values ** (num_units - 1 - j) for j in range(num_units)], codes.dtype)
     return (codes[..., None] // powers) % num_values
-
-
-def event_size(shape: tuple[int, ...]) -> int:
-    return math.prod(shape)

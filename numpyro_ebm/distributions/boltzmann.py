@@ -42,12 +42,14 @@ from numpyro_ebm.distributions.base import (
     is_concrete,
 )
 from numpyro_ebm.distributions.coloring import (
-    check_coloring,
-    greedy_coloring,
+    coloring_for_couplings,
     lattice_coloring,
-    sequential_coloring,
 )
-from numpyro_ebm.distributions.constraints import spin, symmetric_zero_diagonal
+from numpyro_ebm.distributions.constraints import (
+    check_symmetric_zero_diagonal,
+    spin,
+    symmetric_zero_diagonal,
+)
 from numpyro_ebm.distributions.rbm import as_float, batch_shape_of, expand_beta, vector_param
 
 __all__ = ["BoltzmannMachine", "IsingLattice", "IsingModel"]
@@ -81,43 +83,10 @@ def _couplings_times(x: jax.Array, matrix: jax.Array, batch_shape: tuple[int, ..
     return out.reshape(lead + batch_shape + matrix.shape[-1:])
 
 
-def _validate_couplings(couplings: jax.Array) -> None:
-    arr = np.asarray(couplings, dtype=np.float64)
-    tol = _COUPLING_RTOL * max(float(np.max(np.abs(arr), initial=0.0)), 1.0)
-    asym = float(np.max(np.abs(arr - np.swapaxes(arr, -1, -2)), initial=0.0))
-    if asym > tol:
-        raise ValueError(
-            f"couplings must be symmetric (J == J.T); got max |J - J.T| = {asym:.3g}. The "
-            f"energy only sees the symmetric part: use (J + J.T) / 2."
-        )
-    diag = float(np.max(np.abs(np.diagonal(arr, axis1=-2, axis2=-1)), initial=0.0))
-    if diag > tol:
-        raise ValueError(
-            f"couplings must have a zero diagonal; got max |J_ii| = {diag:.3g}. For {{0,1}} "
-            f"units x_i^2 = x_i so move the diagonal into fields (fields + diag(J) / 2); for "
-            f"+/-1 spins s_i^2 = 1 and the diagonal only shifts the energy by a constant."
-        )
-
-
-def _check_dense_coloring(coloring: Any, num_units: int, adjacency: np.ndarray | None) -> tuple:
-    colors = np.asarray(coloring)
-    if colors.shape != (num_units,) or not np.issubdtype(colors.dtype, np.integer):
-        raise ValueError(
-            f"coloring must be an integer array of shape ({num_units},) giving each unit's "
-            f"colour; got {colors.dtype} array of shape {colors.shape}."
-        )
-    if num_units and colors.min() < 0:
-        raise ValueError("coloring must hold non-negative colours.")
-    if adjacency is not None and not check_coloring(adjacency, colors):
-        i, j = np.argwhere(
-            adjacency & (colors[:, None] == colors[None, :]) & ~np.eye(num_units, dtype=bool)
-        )[0]
-        raise ValueError(
-            f"coloring is not proper for these couplings: units {i} and {j} are coupled but "
-            f"share colour {colors[i]}. Omit coloring to get a greedy one, or use "
-            f"numpyro_ebm.distributions.coloring.sequential_coloring({num_units})."
-        )
-    return tuple(int(c) for c in colors)
+_DIAGONAL_HINT = (
+    "For {0,1} units x_i^2 = x_i, so move the diagonal into fields (fields + diag(J) / 2); "
+    "for +/-1 spins s_i^2 = 1 and the diagonal only shifts the energy by a constant."
+)
 
 
 def _blocks_of(colors: tuple[int, ...]) -> tuple[np.ndarray, ...]:
@@ -157,23 +126,12 @@ class _PairwiseBinary(EnergyBasedDistribution):
         batch_shape = batch_shape_of(
             name, couplings=couplings.shape[:-2], fields=self.fields.shape[:-1]
         )
-        concrete = is_concrete(couplings)
         if validate_args is not False:
             check_finite("couplings", couplings)
             check_finite("fields", self.fields)
-            if concrete:
-                _validate_couplings(couplings)
-        adjacency = None
-        if concrete:
-            arr = np.asarray(couplings)
-            adjacency = np.any(arr != 0, axis=tuple(range(arr.ndim - 2)))
-            adjacency = (adjacency | adjacency.T) & ~np.eye(num_units, dtype=bool)
-        if coloring is not None:
-            self._coloring = _check_dense_coloring(coloring, num_units, adjacency)
-        elif adjacency is not None and adjacency.sum() < num_units * (num_units - 1):
-            self._coloring = tuple(int(c) for c in greedy_coloring(adjacency))
-        else:  # dense or traced couplings: one unit per block
-            self._coloring = tuple(int(c) for c in sequential_coloring(num_units))
+            if is_concrete(couplings):
+                check_symmetric_zero_diagonal(couplings, _DIAGONAL_HINT)
+        self._coloring = coloring_for_couplings(couplings, coloring)
         super().__init__(
             batch_shape,
             (num_units,),

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["check_coloring", "greedy_coloring", "lattice_coloring", "sequential_coloring"]
+__all__ = [
+    "check_coloring",
+    "coloring_for_couplings",
+    "greedy_coloring",
+    "lattice_coloring",
+    "sequential_coloring",
+]
 
 
 def greedy_coloring(adjacency: np.ndarray) -> np.ndarray:
@@ -63,3 +69,45 @@ def check_coloring(adjacency: np.ndarray, colors: np.ndarray) -> bool:
     adjacency = np.asarray(adjacency, dtype=bool) & ~np.eye(len(colors), dtype=bool)
     same = colors[:, None] == colors[None, :]
     return not np.any(adjacency & same)
+
+
+def coloring_for_couplings(couplings, coloring=None) -> tuple[int, ...]:
+    """The static colouring of a dense model with ``couplings`` (``batch + (n, n)``).
+
+    A user ``coloring`` is checked against the nonzero pattern (of any batch member) when the
+    couplings are concrete; otherwise concrete couplings get :func:`greedy_coloring` of their
+    pattern and traced ones (built inside ``jit``) :func:`sequential_coloring`, valid for any
+    pattern. Returned as a hashable tuple, for a distribution's static pytree data.
+    """
+    from numpyro_ebm.distributions.base import is_concrete
+
+    n = couplings.shape[-1]
+    pattern = None
+    if is_concrete(couplings):
+        arr = np.asarray(couplings)
+        pattern = np.any(arr != 0, axis=tuple(range(arr.ndim - 2)))
+        pattern = (pattern | pattern.T) & ~np.eye(n, dtype=bool)
+    if coloring is not None:
+        colors = np.asarray(coloring)
+        if (
+            colors.shape != (n,)
+            or not np.issubdtype(colors.dtype, np.integer)
+            or np.any(colors < 0)
+        ):
+            raise ValueError(
+                f"coloring must hold one non-negative integer colour per unit, shape ({n},); "
+                f"got shape {colors.shape} and dtype {colors.dtype}."
+            )
+        if pattern is not None and not check_coloring(pattern, colors):
+            i, j = np.argwhere(pattern & (colors[:, None] == colors[None, :]))[0]
+            raise ValueError(
+                f"coloring is not proper for these couplings: units {i} and {j} are coupled "
+                f"but share colour {colors[i]}, so a block update would not leave the model "
+                f"invariant. Omit coloring to get a greedy one, or use "
+                f"numpyro_ebm.distributions.coloring.sequential_coloring({n})."
+            )
+    elif pattern is None:
+        colors = sequential_coloring(n)
+    else:
+        colors = greedy_coloring(pattern)
+    return tuple(int(c) for c in colors)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.distributions import constraints
 
-__all__ = ["spin", "symmetric_zero_diagonal"]
+__all__ = ["check_symmetric_zero_diagonal", "spin", "symmetric_zero_diagonal"]
 
 
 class _Spin(constraints._SingletonConstraint):
@@ -47,3 +47,23 @@ class _SymmetricZeroDiagonal(constraints._SingletonConstraint):
 
 spin = _Spin()
 symmetric_zero_diagonal = _SymmetricZeroDiagonal()
+
+
+def check_symmetric_zero_diagonal(couplings, hint: str = "") -> None:
+    """Raise ``ValueError`` naming ``couplings`` unless the concrete matrix (or batch of
+    matrices) is symmetric with a zero diagonal, with the tolerance of
+    :data:`symmetric_zero_diagonal`. ``hint`` explains what a diagonal would mean."""
+    arr = np.asarray(couplings, dtype=np.float64)
+    tol = 1e-5 * max(float(np.max(np.abs(arr), initial=0.0)), 1.0)
+    asym = float(np.max(np.abs(arr - np.swapaxes(arr, -1, -2)), initial=0.0))
+    if asym > tol:
+        raise ValueError(
+            f"couplings must be symmetric (J == J.T); got max |J - J.T| = {asym:.3g}. The "
+            "energy only sees the symmetric part: use (J + J.T) / 2 (swapaxes(J, -1, -2) for "
+            "a batch)."
+        )
+    diag = float(np.max(np.abs(np.diagonal(arr, axis1=-2, axis2=-1)), initial=0.0))
+    if diag > tol:
+        raise ValueError(
+            f"couplings must have a zero diagonal; got max |J_ii| = {diag:.3g}. {hint}"
+        )

@@ -222,16 +222,7 @@ class EnergyDistribution(EnergyBasedDistribution):
             ) from None
         self.energy_fn = energy_fn
         self.support_values = None if support_values is None else _support_values(support_values)
-        if params is not None:
-            params = jax.tree.map(jnp.asarray, params)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-                if leaf.shape[: len(batch_shape)] != batch_shape:
-                    raise ValueError(
-                        f"every leaf of params must have leading dimensions equal to "
-                        f"batch_shape {batch_shape}; params{jax.tree_util.keystr(path)} has "
-                        f"shape {leaf.shape}. Broadcast shared parameters explicitly."
-                    )
-        self.params = params
+        self.params = _checked_params(params, batch_shape)
         if self.support_values is not None:
             if step_size is not None:
                 raise ValueError(
@@ -239,27 +230,12 @@ class EnergyDistribution(EnergyBasedDistribution):
                     "discrete models are sampled by exact single-unit Gibbs updates."
                 )
         else:
-            step_size = jnp.asarray(DEFAULT_STEP_SIZE if step_size is None else step_size)
-            try:
-                ok = jnp.broadcast_shapes(step_size.shape, batch_shape) == batch_shape
-            except ValueError:
-                ok = False
-            if not ok:
-                raise ValueError(
-                    f"step_size must be a scalar or broadcast to batch_shape {batch_shape}; "
-                    f"got shape {step_size.shape}."
-                )
+            step_size = _checked_step_size("step_size", step_size, batch_shape)
         self.step_size = step_size
         if validate_args is not False:
             for name, leaf in self.energy_parameters().items():
                 check_finite(name, leaf)
-            if step_size is not None and is_concrete(step_size):
-                check_finite("step_size", step_size)
-                if np.any(np.asarray(step_size) <= 0):
-                    raise ValueError(
-                        f"step_size must be positive; got {np.asarray(step_size).tolist()}. "
-                        f"Smaller steps are accepted more often but mix more slowly."
-                    )
+            _check_positive_step("step_size", step_size)
         super().__init__(
             batch_shape,
             event_shape,
@@ -322,40 +298,18 @@ class EnergyDistribution(EnergyBasedDistribution):
     def chain_dtype(self):
         """The float dtype of the floating leaves of ``params`` (the default float dtype
         without any)."""
-        leaves = [
-            leaf
-            for leaf in jax.tree.leaves(self.params)
-            if jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
-        ]
-        return jnp.result_type(*leaves) if leaves else jnp.result_type(float)
+        return _float_dtype(self.params)
 
     def energy_parameters(self) -> dict[str, jax.Array]:
         """The leaves of ``params``, keyed by their path (``"params['J']"``)."""
-        return {
-            f"params{jax.tree_util.keystr(path)}": leaf
-            for path, leaf in jax.tree_util.tree_flatten_with_path(self.params)[0]
-        }
+        return _keyed_leaves(self.params)
 
     def with_parameters(self, **params: Any) -> EnergyDistribution:
         """A copy with leaves of ``params`` replaced, keyed as in :meth:`energy_parameters`
         (``"params['J']"``); shapes must stay the same."""
-        current = self.energy_parameters()
-        unknown = set(params) - set(current)
-        if unknown:
-            raise ValueError(
-                f"with_parameters got unknown parameter(s) {sorted(unknown)}; this "
-                f"EnergyDistribution has {sorted(current)}."
-            )
-        leaves = []
-        for name, old in current.items():
-            value = jnp.asarray(params.get(name, old))
-            if value.shape != jnp.shape(old):
-                raise ValueError(
-                    f"{name} must keep its shape {jnp.shape(old)}; got shape {value.shape}."
-                )
-            leaves.append(value)
+        new_params = _replaced_leaves(self.params, params, type(self).__name__)
         new = super().with_parameters()
-        new.params = jax.tree.unflatten(jax.tree.structure(self.params), leaves)
+        new.params = new_params
         return new
 
     @property
@@ -396,13 +350,8 @@ class EnergyDistribution(EnergyBasedDistribution):
     def _unit_logits(self, flat: jax.Array, unit: Any, beta: jax.Array) -> jax.Array:
         """``-beta E(x_{unit <- s})`` for every support value ``s``: shape ``lead + (K,)``
         for ``flat`` of shape ``lead + (num_units,)``; ``beta`` broadcasts against ``lead``."""
-        lead = flat.shape[:-1]
         values = jnp.asarray(self.support_values, flat.dtype)
-        num_values = values.shape[0]
-        candidates = jnp.broadcast_to(flat, (num_values, *flat.shape))
-        candidates = candidates.at[..., unit].set(values.reshape((-1,) + (1,) * len(lead)))
-        energies = self.energy(candidates.reshape((num_values, *lead, *self.event_shape)))
-        return jnp.moveaxis(-beta * energies, 0, -1)
+        return _unit_logits(self.energy, flat, unit, values, beta, self.event_shape)
 
     def unit_conditional(self, value: jax.Array, unit: Any, beta: Any = 1.0) -> jax.Array:
         """``P(x_unit = support_values[k] | rest)`` at inverse temperature ``beta``, the
@@ -420,21 +369,7 @@ class EnergyDistribution(EnergyBasedDistribution):
 
     def _gibbs_scan(self, rng_key: jax.Array, value: jax.Array, beta: Any) -> jax.Array:
         value = self._as_chain(value)
-        lead = value.shape[: value.ndim - len(self.event_shape)]
-        flat = value.reshape((*lead, self.num_units))
-        beta = jnp.asarray(beta, flat.dtype)
-        values = jnp.asarray(self.support_values, flat.dtype)
-
-        def body(flat, inputs):
-            key, unit = inputs
-            logits = self._unit_logits(flat, unit, beta)
-            logits = logits - jnp.max(logits, axis=-1, keepdims=True)  # large energies
-            index = random.categorical(key, logits, axis=-1)
-            return flat.at[..., unit].set(values[index]), None
-
-        inputs = (random.split(rng_key, self.num_units), jnp.arange(self.num_units))
-        flat, _ = lax.scan(body, flat, inputs)
-        return flat.reshape(value.shape)
+        return _gibbs_scan(rng_key, value, self.energy, self.support_values, beta, self.event_shape)
 
     # ------------------------------------------------------------------ continuous MALA
     def langevin_step(
@@ -448,32 +383,7 @@ class EnergyDistribution(EnergyBasedDistribution):
         if self.support_values is not None:
             raise ValueError("langevin_step needs a continuous model (support_values=None).")
         x = self._as_chain(value)
-        dtype = x.dtype
-        ne = len(self.event_shape)
-        axes = tuple(range(x.ndim - ne, x.ndim))
-        beta = jnp.asarray(beta, dtype)
-        step = jnp.asarray(self.step_size, dtype)
-        step = step.reshape(step.shape + (1,) * ne)
-
-        def energy_and_grad(x):
-            energies, pullback = jax.vjp(self.energy, x)
-            return energies, pullback(jnp.ones_like(energies))[0]
-
-        key_noise, key_accept = random.split(rng_key)
-        e0, g0 = energy_and_grad(x)
-        beta_x = expand_beta(jnp.broadcast_to(beta, e0.shape), ne)
-        noise = random.normal(key_noise, x.shape, dtype)
-        proposal = x - 0.5 * step**2 * beta_x * g0 + step * noise
-        e1, g1 = energy_and_grad(proposal)
-        back = (x - proposal + 0.5 * step**2 * beta_x * g1) / step
-        log_q_forward = -0.5 * jnp.sum(noise**2, axes)
-        log_q_backward = -0.5 * jnp.sum(back**2, axes)
-        log_ratio = -beta * (e1 - e0) + log_q_backward - log_q_forward
-        log_ratio = jnp.where(jnp.isnan(log_ratio), -jnp.inf, log_ratio)
-        accept_prob = jnp.exp(jnp.minimum(log_ratio, 0.0))
-        accept = random.uniform(key_accept, accept_prob.shape, dtype) < accept_prob
-        new = jnp.where(accept.reshape(accept.shape + (1,) * ne), proposal, x)
-        return new, accept_prob
+        return _langevin_step(rng_key, x, self.energy, self.step_size, beta, len(self.event_shape))
 
     # ------------------------------------------------------------------ sweeps, states
     def gibbs_sweep(self, rng_key: jax.Array, value: jax.Array, beta: Any = 1.0) -> jax.Array:
@@ -546,3 +456,174 @@ class EnergyDistribution(EnergyBasedDistribution):
             f"EnergyDistribution({getattr(self.energy_fn, '__name__', 'energy_fn')}, "
             f"batch_shape={self.batch_shape}, event_shape={self.event_shape}, {kind})"
         )
+
+
+# ---------------------------------------------------------------------- shared helpers
+# Private building blocks shared with numpyro_ebm.distributions.latent.
+
+
+def _checked_params(params: Any, batch_shape: tuple[int, ...]) -> Any:
+    """``params`` with array leaves, each leading with ``batch_shape``."""
+    if params is None:
+        return None
+    params = jax.tree.map(jnp.asarray, params)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if leaf.shape[: len(batch_shape)] != batch_shape:
+            raise ValueError(
+                f"every leaf of params must have leading dimensions equal to "
+                f"batch_shape {batch_shape}; params{jax.tree_util.keystr(path)} has "
+                f"shape {leaf.shape}. Broadcast shared parameters explicitly."
+            )
+    return params
+
+
+def _checked_step_size(name: str, step_size: Any, batch_shape: tuple[int, ...]) -> jax.Array:
+    """A Langevin step size (default :data:`DEFAULT_STEP_SIZE`) broadcasting to the batch."""
+    step_size = jnp.asarray(DEFAULT_STEP_SIZE if step_size is None else step_size)
+    try:
+        ok = jnp.broadcast_shapes(step_size.shape, batch_shape) == batch_shape
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"{name} must be a scalar or broadcast to batch_shape {batch_shape}; "
+            f"got shape {step_size.shape}."
+        )
+    return step_size
+
+
+def _check_positive_step(name: str, step_size: Any) -> None:
+    if step_size is not None and is_concrete(step_size):
+        check_finite(name, step_size)
+        if np.any(np.asarray(step_size) <= 0):
+            raise ValueError(
+                f"{name} must be positive; got {np.asarray(step_size).tolist()}. "
+                f"Smaller steps are accepted more often but mix more slowly."
+            )
+
+
+def _float_dtype(params: Any):
+    """The float dtype of the floating leaves of ``params`` (default float without any)."""
+    leaves = [
+        leaf
+        for leaf in jax.tree.leaves(params)
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
+    ]
+    return jnp.result_type(*leaves) if leaves else jnp.result_type(float)
+
+
+def _keyed_leaves(params: Any) -> dict[str, jax.Array]:
+    """The leaves of ``params`` keyed by their path (``"params['J']"``)."""
+    return {
+        f"params{jax.tree_util.keystr(path)}": leaf
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+    }
+
+
+def _replaced_leaves(params: Any, updates: dict[str, Any], owner: str) -> Any:
+    """``params`` with the leaves named in ``updates`` (keys as in :func:`_keyed_leaves`)
+    replaced; shapes must stay the same."""
+    current = _keyed_leaves(params)
+    unknown = set(updates) - set(current)
+    if unknown:
+        raise ValueError(
+            f"with_parameters got unknown parameter(s) {sorted(unknown)}; this "
+            f"{owner} has {sorted(current)}."
+        )
+    leaves = []
+    for name, old in current.items():
+        value = jnp.asarray(updates.get(name, old))
+        if value.shape != jnp.shape(old):
+            raise ValueError(
+                f"{name} must keep its shape {jnp.shape(old)}; got shape {value.shape}."
+            )
+        leaves.append(value)
+    return jax.tree.unflatten(jax.tree.structure(params), leaves)
+
+
+def _unit_logits(
+    energy: Callable[[jax.Array], jax.Array],
+    flat: jax.Array,
+    unit: Any,
+    values: jax.Array,
+    beta: jax.Array,
+    event_shape: tuple[int, ...],
+) -> jax.Array:
+    """``-beta E(x_{unit <- s})`` for every value ``s`` in ``values``: shape ``lead + (K,)``
+    for ``flat`` of shape ``lead + (num_units,)``; ``energy`` maps ``(K,) + lead +
+    event_shape`` to ``(K,) + lead``; ``beta`` broadcasts against ``lead``."""
+    lead = flat.shape[:-1]
+    num_values = values.shape[0]
+    candidates = jnp.broadcast_to(flat, (num_values, *flat.shape))
+    candidates = candidates.at[..., unit].set(values.reshape((-1,) + (1,) * len(lead)))
+    energies = energy(candidates.reshape((num_values, *lead, *event_shape)))
+    return jnp.moveaxis(-beta * energies, 0, -1)
+
+
+def _gibbs_scan(
+    rng_key: jax.Array,
+    value: jax.Array,
+    energy: Callable[[jax.Array], jax.Array],
+    support_values: tuple[float, ...],
+    beta: Any,
+    event_shape: tuple[int, ...],
+) -> jax.Array:
+    """One systematic scan of exact single-unit updates of ``value`` (shape ``lead +
+    event_shape``, a float dtype) from ``P(x_i = s | rest) ∝ exp(-beta energy(x_{i <- s}))``,
+    units in flattened order; ``energy`` maps ``(K,) + lead + event_shape`` to ``(K,) +
+    lead``."""
+    num_units = math.prod(event_shape)
+    lead = value.shape[: value.ndim - len(event_shape)]
+    flat = value.reshape((*lead, num_units))
+    beta = jnp.asarray(beta, flat.dtype)
+    values = jnp.asarray(support_values, flat.dtype)
+
+    def body(flat, inputs):
+        key, unit = inputs
+        logits = _unit_logits(energy, flat, unit, values, beta, event_shape)
+        logits = logits - jnp.max(logits, axis=-1, keepdims=True)  # large energies
+        index = random.categorical(key, logits, axis=-1)
+        return flat.at[..., unit].set(values[index]), None
+
+    inputs = (random.split(rng_key, num_units), jnp.arange(num_units))
+    flat, _ = lax.scan(body, flat, inputs)
+    return flat.reshape(value.shape)
+
+
+def _langevin_step(
+    rng_key: jax.Array,
+    x: jax.Array,
+    energy: Callable[[jax.Array], jax.Array],
+    step_size: Any,
+    beta: Any,
+    event_ndim: int,
+) -> tuple[jax.Array, jax.Array]:
+    """One MALA step on ``x`` (shape ``lead + event``, a float dtype) targeting
+    ``exp(-beta energy(x))``, ``energy`` mapping ``lead + event`` to ``lead``. Returns
+    ``(new_x, accept_prob)``."""
+    dtype = x.dtype
+    ne = event_ndim
+    axes = tuple(range(x.ndim - ne, x.ndim))
+    beta = jnp.asarray(beta, dtype)
+    step = jnp.asarray(step_size, dtype)
+    step = step.reshape(step.shape + (1,) * ne)
+
+    def energy_and_grad(x):
+        energies, pullback = jax.vjp(energy, x)
+        return energies, pullback(jnp.ones_like(energies))[0]
+
+    key_noise, key_accept = random.split(rng_key)
+    e0, g0 = energy_and_grad(x)
+    beta_x = expand_beta(jnp.broadcast_to(beta, e0.shape), ne)
+    noise = random.normal(key_noise, x.shape, dtype)
+    proposal = x - 0.5 * step**2 * beta_x * g0 + step * noise
+    e1, g1 = energy_and_grad(proposal)
+    back = (x - proposal + 0.5 * step**2 * beta_x * g1) / step
+    log_q_forward = -0.5 * jnp.sum(noise**2, axes)
+    log_q_backward = -0.5 * jnp.sum(back**2, axes)
+    log_ratio = -beta * (e1 - e0) + log_q_backward - log_q_forward
+    log_ratio = jnp.where(jnp.isnan(log_ratio), -jnp.inf, log_ratio)
+    accept_prob = jnp.exp(jnp.minimum(log_ratio, 0.0))
+    accept = random.uniform(key_accept, accept_prob.shape, dtype) < accept_prob
+    new = jnp.where(accept.reshape(accept.shape + (1,) * ne), proposal, x)
+    return new, accept_prob

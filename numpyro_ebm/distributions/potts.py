@@ -31,13 +31,11 @@ from numpyro_ebm.distributions.base import (
     check_finite,
     is_concrete,
 )
-from numpyro_ebm.distributions.coloring import (
-    check_coloring,
-    greedy_coloring,
-    lattice_coloring,
-    sequential_coloring,
+from numpyro_ebm.distributions.coloring import coloring_for_couplings, lattice_coloring
+from numpyro_ebm.distributions.constraints import (
+    check_symmetric_zero_diagonal,
+    symmetric_zero_diagonal,
 )
-from numpyro_ebm.distributions.constraints import symmetric_zero_diagonal
 from numpyro_ebm.distributions.rbm import as_float, batch_shape_of, expand_beta
 
 __all__ = ["PottsLattice", "PottsModel", "categorical_draw", "one_hot"]
@@ -236,14 +234,7 @@ class PottsModel(EnergyBasedDistribution):
         self.fields = _as_dtype(fields, dtype)
         self.num_states = int(q)
         batch_shape = batch_shape_of(name, couplings=couplings.shape[:-2], fields=fields.shape[:-2])
-        pattern = None
-        if is_concrete(couplings):
-            pattern = np.any(np.asarray(couplings) != 0, axis=tuple(range(couplings.ndim - 2)))
-        if coloring is None:
-            colors = sequential_coloring(n) if pattern is None else greedy_coloring(pattern)
-        else:
-            colors = _check_coloring_arg(coloring, n, pattern)
-        self._coloring = tuple(int(c) for c in colors)
+        self._coloring = coloring_for_couplings(couplings, coloring)
         super().__init__(
             batch_shape,
             (n,),
@@ -264,7 +255,10 @@ class PottsModel(EnergyBasedDistribution):
             return
         check_finite("couplings", self.couplings)
         check_finite("fields", self.fields)
-        _check_symmetric_zero_diagonal(np.asarray(self.couplings))
+        check_symmetric_zero_diagonal(
+            self.couplings,
+            "A self coupling [x_i == x_i] is a constant: zero it, e.g. J * (1 - jnp.eye(n)).",
+        )
 
     @classmethod
     def lattice(
@@ -693,41 +687,6 @@ def _check_num_states(num_states: Any) -> int:
     if int(num_states) != num_states or int(num_states) < 2:
         raise ValueError(f"num_states must be an integer >= 2; got {num_states}.")
     return int(num_states)
-
-
-def _check_symmetric_zero_diagonal(couplings: np.ndarray) -> None:
-    # Same tolerance as constraints.symmetric_zero_diagonal.
-    tol = 1e-5 * max(float(np.max(np.abs(couplings), initial=0.0)), 1.0)
-    asym = float(np.max(np.abs(couplings - np.swapaxes(couplings, -1, -2)), initial=0.0))
-    if asym > tol:
-        raise ValueError(
-            f"couplings must be symmetric (J == J.T); got max |J - J.T| = {asym:.3g}. "
-            "Symmetrize first, e.g. (J + J.T) / 2 (swapaxes(J, -1, -2) for a batch)."
-        )
-    diag = float(np.max(np.abs(np.diagonal(couplings, axis1=-2, axis2=-1)), initial=0.0))
-    if diag > tol:
-        raise ValueError(
-            f"couplings must have a zero diagonal; got max |J_ii| = {diag:.3g}. A self "
-            "coupling [x_i = x_i] is a constant: zero it, e.g. J * (1 - jnp.eye(n))."
-        )
-
-
-def _check_coloring_arg(coloring: Any, n: int, pattern: np.ndarray | None) -> np.ndarray:
-    colors = np.asarray(coloring)
-    if colors.shape != (n,) or not np.issubdtype(colors.dtype, np.integer) or np.any(colors < 0):
-        raise ValueError(
-            f"coloring must hold one non-negative integer colour per unit, shape ({n},); got "
-            f"shape {colors.shape} and dtype {colors.dtype}."
-        )
-    if pattern is not None and not check_coloring(pattern, colors):
-        i, j = np.argwhere(pattern & (colors[:, None] == colors[None, :]) & ~np.eye(n, dtype=bool))[
-            0
-        ]
-        raise ValueError(
-            f"coloring gives coupled units {i} and {j} the same colour {colors[i]}, so a "
-            "block update would not leave the model invariant; omit coloring for a greedy one."
-        )
-    return colors.astype(np.int32)
 
 
 def _check_lattice_shape(shape: Any) -> tuple[int, ...]:

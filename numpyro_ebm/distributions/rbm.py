@@ -178,9 +178,10 @@ class BernoulliRBM(EnergyBasedDistribution):
         h = h.astype(self.weights.dtype)
         if self.weights.ndim == 2:
             return self.visible_bias + h @ self.weights.T
-        return self.visible_bias + jnp.matmul(h[..., None, :], jnp.swapaxes(self.weights, -1, -2))[
-            ..., 0, :
-        ]
+        return (
+            self.visible_bias
+            + jnp.matmul(h[..., None, :], jnp.swapaxes(self.weights, -1, -2))[..., 0, :]
+        )
 
     # ------------------------------------------------------------------ energies
     def free_energy(self, value: jax.Array) -> jax.Array:
