@@ -55,6 +55,11 @@ _FAMILY_MODULES = (
 
 #: Families whose static configuration holds user code; they are never saved.
 _UNSERIALIZABLE = {
+    "LatentEnergyDistribution": (
+        "it holds a Python energy function (energy_fn), which cannot be stored without "
+        "pickling code. Save its params yourself (for example with numpy.savez) and rebuild "
+        "it with LatentEnergyDistribution(energy_fn, ..., params=params)"
+    ),
     "EnergyDistribution": (
         "it holds a Python energy function (energy_fn), which cannot be stored without "
         "pickling code. Save its params yourself (for example with numpy.savez) and rebuild "

@@ -8,6 +8,7 @@ from numpyro_ebm.distributions.base import (
 from numpyro_ebm.distributions.boltzmann import BoltzmannMachine, IsingLattice, IsingModel
 from numpyro_ebm.distributions.custom import EnergyDistribution, FiniteValues
 from numpyro_ebm.distributions.gaussian_rbm import GaussianBernoulliRBM
+from numpyro_ebm.distributions.latent import FreeEnergyError, LatentEnergyDistribution
 from numpyro_ebm.distributions.potts import PottsLattice, PottsModel
 from numpyro_ebm.distributions.rbm import BernoulliRBM
 
@@ -18,9 +19,11 @@ __all__ = [
     "EnergyBasedDistribution",
     "EnergyDistribution",
     "FiniteValues",
+    "FreeEnergyError",
     "GaussianBernoulliRBM",
     "IsingLattice",
     "IsingModel",
+    "LatentEnergyDistribution",
     "LogPartitionGradientError",
     "PottsLattice",
     "PottsModel",

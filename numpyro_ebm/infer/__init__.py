@@ -15,6 +15,12 @@ from numpyro_ebm.infer.gibbs import (
     GibbsState,
     GibbsTransition,
 )
+from numpyro_ebm.infer.relaxed_hmc import (
+    RelaxedHMC,
+    RelaxedHMCState,
+    relaxation,
+    relaxed_log_partition,
+)
 
 __all__ = [
     "CD",
@@ -27,5 +33,9 @@ __all__ = [
     "GibbsState",
     "GibbsTransition",
     "ParallelTempering",
+    "RelaxedHMC",
+    "RelaxedHMCState",
     "gibbs",
+    "relaxation",
+    "relaxed_log_partition",
 ]

@@ -49,11 +49,19 @@ with the bipartite couplings ``[[0, W], [W^T, 0]]``, whose eigenvalues are ``+/-
 singular values of ``W``; its Cholesky factor is built blockwise, so a step costs
 ``O(n_v n_h)`` per chain and leapfrog step rather than ``O((n_v + n_h)^2)``).
 
-Cost. The relaxation depends on the parameters and on the inverse temperature: every step
-recomputes an eigen- (or singular value) decomposition and a Cholesky factorization
-(``O(n^3)``; for RBMs ``O(n_v n_h^2 + n_h^3)`` with the smaller layer second), once per
-batch member and distinct temperature, not per chain. With persistent estimators this is
-paid at every estimator step. A leapfrog step costs two matrix-vector products per chain.
+Temperature. At inverse temperature ``beta`` the tempered model ``exp(-beta E)`` is relaxed:
+couplings and fields are scaled by ``beta`` (for RBMs the *joint* energy is tempered, the
+distribution :meth:`~numpyro_ebm.distributions.rbm.BernoulliRBM.tempered_energy` describes).
+``beta`` broadcasts against ``chains + batch_shape``, so each replica of parallel tempering
+gets the relaxation of its own temperature.
+
+Cost. The relaxation depends on the parameters and on ``beta``, so every step recomputes it:
+an eigendecomposition of ``W`` (for RBMs, of the Gram matrix of ``W`` over the smaller
+layer) and a Cholesky factorization, ``O(n^3)`` (for RBMs ``O(n_v n_h^2 + n_h^3)`` with
+``n_h`` the smaller layer), once per batch member and distinct temperature, not per chain.
+Under PCD the parameters change at every estimator step, so this is paid at every step;
+``num_trajectories`` runs several trajectories on one relaxation. A leapfrog step costs two
+matrix-vector products per chain.
 
 The shift. A larger ``d`` separates the mixture components ``N(L^T s, I)`` of ``p(y)``
 (their squared distance is ``(s - s')^\top A (s - s')``) and slows mixing, so ``d`` is the
@@ -76,7 +84,7 @@ from jax import lax, random
 
 from numpyro_ebm.distributions.base import EnergyBasedDistribution, softplus
 from numpyro_ebm.distributions.boltzmann import BoltzmannMachine, IsingLattice, IsingModel
-from numpyro_ebm.distributions.rbm import BernoulliRBM, bernoulli_draw, expand_beta
+from numpyro_ebm.distributions.rbm import BernoulliRBM, expand_beta
 
 __all__ = [
     "DEFAULT_SHIFT_MARGIN",
@@ -249,23 +257,23 @@ class _BinaryForm:
         if self.kind == "rbm":
             rbm = self.distribution
             w = rbm.weights.astype(dtype)
-            sigma_max = jnp.linalg.svd(w, compute_uv=False)[..., 0]
-            b_full = jnp.concatenate(
-                _broadcast_layers(rbm.visible_bias, rbm.hidden_bias), -1
-            ).astype(dtype)
+            first, second = _broadcast_layers(rbm.visible_bias, rbm.hidden_bias)
             if not self.visible_first:
-                b_full = jnp.concatenate(
-                    [b_full[..., rbm.num_visible :], b_full[..., : rbm.num_visible]], -1
-                )
-                w = jnp.swapaxes(w, -1, -2)
+                first, second, w = second, first, jnp.swapaxes(w, -1, -2)
+            # M = beta W (first x second). sigma_max(W)^2 is the top eigenvalue of the
+            # (second x second) Gram matrix W^T W, which the Schur complement needs anyway.
+            gram = _gram(w)
+            sigma_max = jnp.sqrt(jnp.maximum(jnp.linalg.eigvalsh(gram)[..., -1], 0.0))
             rho = beta * sigma_max
             shift = rho + margin + 8 * n * eps * rho
-            m = expand_beta(beta, 2) * w
-            root = jnp.sqrt(shift)
-            cross = m / root[..., None, None]
-            q = m.shape[-1]
-            schur = shift[..., None, None] * jnp.eye(q, dtype=dtype) - _gram(cross)
+            cross = (expand_beta(beta / jnp.sqrt(shift), 2)) * w
+            q = w.shape[-1]
+            schur = (
+                shift[..., None, None] * jnp.eye(q, dtype=dtype)
+                - expand_beta(beta**2 / shift, 2) * gram
+            )
             cholesky = jnp.linalg.cholesky(schur)
+            b_full = jnp.concatenate([first, second], -1).astype(dtype)
             bias = expand_beta(beta) * b_full - 0.5 * shift[..., None]
             return Relaxation(shift, bias, cholesky, cross)
         w, a = self.dense_parameters()
@@ -280,10 +288,16 @@ class _BinaryForm:
         return Relaxation(shift, bias, cholesky, None)
 
     # -------------------------------------------------------------- positions
-    def units_of(self, rng_key: jax.Array, position: jax.Array, beta: Any) -> jax.Array:
+    @property
+    def num_latent(self) -> int:
+        """Units drawn afresh at every step (the hidden layer of RBMs)."""
+        return self.distribution.num_hidden if self.kind == "rbm" else 0
+
+    def units_of(self, position: jax.Array, beta: Any, uniform: jax.Array) -> jax.Array:
         """The relaxed ``{0, 1}`` units of ``position``, in the relaxation's order: for RBMs
-        ``(v, h)`` (larger layer first) with ``h ~ p_beta(h | v)`` drawn exactly; for Ising
-        models ``(s + 1) / 2`` over the flattened sites."""
+        ``(v, h)`` (larger layer first) with ``h ~ p_beta(h | v)`` drawn exactly from the
+        uniforms ``uniform`` (``... + (num_latent,)``); for Ising models ``(s + 1) / 2``
+        over the flattened sites."""
         d = self.distribution
         dtype = d.chain_dtype
         x = jnp.asarray(position).astype(dtype)
@@ -293,7 +307,8 @@ class _BinaryForm:
         if self.kind == "dense":
             return x
         beta = jnp.asarray(beta, dtype)
-        h = bernoulli_draw(rng_key, expand_beta(beta) * d.visible_to_hidden(x).astype(dtype))
+        logits = expand_beta(beta) * d.visible_to_hidden(x).astype(dtype)
+        h = (uniform < jax.nn.sigmoid(logits)).astype(dtype)
         x = jnp.broadcast_to(x, h.shape[:-1] + x.shape[-1:])
         return jnp.concatenate([x, h] if self.visible_first else [h, x], -1)
 
@@ -407,10 +422,11 @@ class RelaxedHMCState(NamedTuple):
         the chain dtype (RBMs: the visible layer; Ising models: spins).
     y : the whitened relaxed variables of the last step, ``chains + batch_shape + (n,)``
         (``n`` relaxed units; for RBMs ``num_visible + num_hidden``, larger layer first).
-    accept_prob : Metropolis acceptance probability of the last trajectory,
-        ``chains + batch_shape`` (0 before the first step).
-    diverging : whether the last trajectory's energy error exceeded ``max_energy_error``
-        (or was not finite), ``chains + batch_shape``.
+    accept_prob : Metropolis acceptance probability of the last step's trajectories
+        (averaged over ``num_trajectories``), ``chains + batch_shape`` (0 before the first
+        step).
+    diverging : whether a trajectory of the last step had an energy error above
+        ``max_energy_error`` (or not finite), ``chains + batch_shape``.
     """
 
     position: jax.Array
@@ -436,13 +452,22 @@ class RelaxedHMC:
     Parameters
     ----------
     step_size : float
-        Leapfrog step size (positive). The Hessian of ``-log p(y)`` is at most ``I``, so
-        trajectories are stable below 2; strongly coupled models need smaller steps.
+        Leapfrog step size (positive). The Hessian of ``-log p(y)`` lies between
+        ``I - A / 4`` and ``I``: trajectories are stable below 2, and strongly coupled
+        models (large ``lambda_max(A)``) need smaller steps. The default, with
+        ``num_leapfrog=12``, accepted about 90% of trajectories and gave the best ESS per
+        gradient among the settings tried on dense 16- and 32-unit machines with couplings
+        ``N(0, 2)`` (``benchmarks/relaxed_hmc_vs_gibbs.py``); check ``accept_prob``.
     num_leapfrog : int
         Leapfrog steps per trajectory (each costs two matrix-vector products per chain).
     shift : float, optional
         Margin of the diagonal shift above ``-lambda_min(beta W)`` (default
         :data:`DEFAULT_SHIFT_MARGIN`); larger margins separate the modes of ``p(y)``.
+    num_trajectories : int
+        Trajectories per :meth:`step` (each preceded by ``y | s`` and followed by
+        ``s | y``), sharing one relaxation: the ``O(n^3)`` eigendecomposition and Cholesky
+        factorization are paid once per step, so more trajectories per step make each
+        cheaper when the parameters change rarely relative to sampling.
     max_energy_error : float
         A trajectory whose energy error exceeds this is reported as diverging (it is
         rejected by the Metropolis step anyway).
@@ -470,8 +495,9 @@ class RelaxedHMC:
     """
 
     step_size: float = 0.5
-    num_leapfrog: int = 8
+    num_leapfrog: int = 12
     shift: float | None = None
+    num_trajectories: int = 1
     max_energy_error: float = 1000.0
 
     def __post_init__(self):
@@ -483,98 +509,163 @@ class RelaxedHMC:
             raise ValueError(f"step_size must be a positive, finite float; got {self.step_size!r}.")
         if int(self.num_leapfrog) != self.num_leapfrog or int(self.num_leapfrog) < 1:
             raise ValueError(f"num_leapfrog must be a positive integer; got {self.num_leapfrog!r}.")
+        if int(self.num_trajectories) != self.num_trajectories or int(self.num_trajectories) < 1:
+            raise ValueError(
+                f"num_trajectories must be a positive integer; got {self.num_trajectories!r}."
+            )
         if not float(self.max_energy_error) > 0:
             raise ValueError(f"max_energy_error must be positive; got {self.max_energy_error!r}.")
         _check_margin(self.shift)
         object.__setattr__(self, "step_size", step_size)
         object.__setattr__(self, "num_leapfrog", int(self.num_leapfrog))
+        object.__setattr__(self, "num_trajectories", int(self.num_trajectories))
 
     # -------------------------------------------------------------- transition API
     def init(self, rng_key, distribution, position) -> RelaxedHMCState:
         """Chains at ``position`` (shape ``chains + batch_shape + event_shape``)."""
+        _form_of(distribution)  # unsupported families raise here, outside jit
+        return _init(self, rng_key, distribution, jnp.asarray(position))
+
+    def _init(self, rng_key, distribution, position) -> RelaxedHMCState:
         form = _form_of(distribution)
         dtype = distribution.chain_dtype
         rel = form.relaxation(1.0, _check_margin(self.shift))
-        key_h, key_y = random.split(rng_key)
-        y = _refresh(key_y, rel, form.units_of(key_h, position, 1.0))
-        position = jnp.asarray(position, dtype)
-        position = jnp.broadcast_to(position, y.shape[:-1] + distribution.event_shape)
-        zeros = jnp.zeros(y.shape[:-1], dtype)
-        return RelaxedHMCState(position, y, zeros, jnp.zeros(y.shape[:-1], bool))
+        event_ndim = len(distribution.event_shape)
+        chains = jnp.broadcast_shapes(
+            position.shape[: position.ndim - event_ndim], distribution.batch_shape
+        )
+        key_u, key_n = random.split(rng_key)
+        uniform = _flat_draw(random.uniform, key_u, (*chains, form.num_latent), dtype)
+        units = form.units_of(position, 1.0, uniform)
+        y = rel.upper(units) + _flat_draw(random.normal, key_n, (*chains, rel.num_units), dtype)
+        position = jnp.broadcast_to(position.astype(dtype), chains + distribution.event_shape)
+        zeros = jnp.zeros(chains, dtype)
+        return RelaxedHMCState(position, y, zeros, jnp.zeros(chains, bool))
 
     def step(self, rng_key, state: RelaxedHMCState, distribution, beta=1.0) -> RelaxedHMCState:
         """One step at inverse temperature ``beta`` (broadcasting against
-        ``chains + batch_shape``): refresh ``y | s``, one HMC trajectory, draw ``s | y``."""
+        ``chains + batch_shape``): build the relaxation, then ``num_trajectories`` times
+        refresh ``y | s``, run one HMC trajectory and draw ``s | y``."""
         form = _form_of(distribution)
         dtype = distribution.chain_dtype
         beta = jnp.asarray(beta, dtype)
-        key_h, key_y, key_hmc, key_s = random.split(rng_key, 4)
         rel = form.relaxation(beta, _check_margin(self.shift))
-        y0 = _refresh(key_y, rel, form.units_of(key_h, state.position, beta))
-        y, logits, accept_prob, diverging = _trajectory(
-            key_hmc, rel, y0, self.step_size, self.num_leapfrog, self.max_energy_error
+
+        chains = state.accept_prob.shape  # chain axes + batch_shape
+        n, num_latent = rel.num_units, form.num_latent
+
+        def one(carry, key):
+            position, _, accept_sum, any_diverging = carry
+            # All random numbers of a trajectory in two draws (fewer PRNG kernels to compile):
+            # uniforms for the hidden layer, the new units and the Metropolis test; normals
+            # for the refresh of y and the momentum.
+            key_u, key_n = random.split(key)
+            uniform = _flat_draw(random.uniform, key_u, (*chains, num_latent + n + 1), dtype)
+            normal = _flat_draw(random.normal, key_n, (*chains, 2 * n), dtype)
+            units = form.units_of(position, beta, uniform[..., :num_latent])
+            y0 = rel.upper(units) + normal[..., :n]  # y | s ~ N(L^T s, I)
+            y, logits, accept_prob, diverging = _trajectory(
+                rel,
+                y0,
+                normal[..., n:],
+                uniform[..., -1],
+                self.step_size,
+                self.num_leapfrog,
+                self.max_energy_error,
+            )
+            new_units = (uniform[..., num_latent:-1] < jax.nn.sigmoid(logits)).astype(dtype)
+            position = form.position_of(new_units)
+            return (
+                jnp.broadcast_to(position, state.position.shape).astype(dtype),
+                jnp.broadcast_to(y, state.y.shape).astype(dtype),
+                accept_sum + jnp.broadcast_to(accept_prob, state.accept_prob.shape),
+                any_diverging | jnp.broadcast_to(diverging, state.diverging.shape),
+            ), None
+
+        carry = (
+            state.position,
+            state.y,
+            jnp.zeros_like(state.accept_prob),
+            jnp.zeros_like(state.diverging),
         )
-        position = form.position_of(bernoulli_draw(key_s, logits))
-        chains = state.accept_prob.shape
-        return RelaxedHMCState(
-            jnp.broadcast_to(position, state.position.shape).astype(dtype),
-            jnp.broadcast_to(y, state.y.shape).astype(dtype),
-            jnp.broadcast_to(accept_prob, chains).astype(dtype),
-            jnp.broadcast_to(diverging, chains),
-        )
+        if self.num_trajectories == 1:
+            carry, _ = one(carry, rng_key)
+        else:
+            keys = random.split(rng_key, self.num_trajectories)
+            carry, _ = lax.scan(one, carry, keys)
+        position, y, accept_sum, diverging = carry
+        accept_prob = (accept_sum / self.num_trajectories).astype(dtype)
+        return RelaxedHMCState(position, y, accept_prob, diverging)
 
     def position(self, state: RelaxedHMCState) -> jax.Array:
         """The configurations of the chains, ``chains + batch_shape + event_shape``."""
         return state.position
 
 
-def _refresh(rng_key: jax.Array, rel: Relaxation, units: jax.Array) -> jax.Array:
-    """``y ~ N(L^T s, I)``: the exact conditional of the whitened relaxation given ``s``."""
-    mean = rel.upper(units)
-    return mean + random.normal(rng_key, mean.shape, mean.dtype)
+def _flat_draw(sampler, rng_key, shape, dtype):
+    """``sampler(rng_key, shape, dtype)`` drawn flat and reshaped: XLA compiles the PRNG of
+    a 1-d draw several times faster than that of a many-dimensional one."""
+    return sampler(rng_key, (math.prod(shape),), dtype).reshape(shape)
 
 
-def _potential_and_grad(rel: Relaxation, y: jax.Array):
-    """``-log p(y)`` (up to a constant), its gradient ``y - L^T sigmoid(L y + b)`` and the
-    logits ``L y + b``."""
+@partial(jax.jit, static_argnums=0)
+def _init(transition: RelaxedHMC, rng_key, distribution, position) -> RelaxedHMCState:
+    # Compiled once per structure: eager initialization would compile every operation of
+    # the relaxation separately.
+    return transition._init(rng_key, distribution, position)
+
+
+def _grad_and_logits(rel: Relaxation, y: jax.Array):
+    """The gradient ``y - L^T sigmoid(L y + b)`` of ``-log p(y)`` and the logits
+    ``L y + b``."""
     logits = rel.logits(y)
-    potential = 0.5 * jnp.sum(y * y, -1) - jnp.sum(softplus(logits), -1)
-    grad = y - rel.upper(jax.nn.sigmoid(logits))
-    return potential, grad, logits
+    return y - rel.upper(jax.nn.sigmoid(logits)), logits
 
 
-def _leapfrog(rel: Relaxation, y: jax.Array, p: jax.Array, step_size: float, num_steps: int):
-    """``num_steps`` leapfrog steps (identity mass matrix) from ``(y, p)``; returns the end
-    point, its potential and its logits."""
+def _potential_of(y: jax.Array, logits: jax.Array) -> jax.Array:
+    """``-log p(y)`` up to a constant, from ``y`` and its logits."""
+    return 0.5 * jnp.sum(y * y, -1) - jnp.sum(softplus(logits), -1)
+
+
+#: Trajectories of at most this many leapfrog steps are unrolled (fewer, larger kernels).
+_MAX_UNROLL = 16
+
+
+def _leapfrog(rel: Relaxation, y, p, step_size: float, num_steps: int, grad=None):
+    """``num_steps`` leapfrog steps (identity mass matrix) from ``(y, p)`` (``grad``: the
+    gradient at ``y`` if known); returns the end point ``(y, p)``, its potential and its
+    logits."""
     eps = jnp.asarray(step_size, y.dtype)
-    _, g, _ = _potential_and_grad(rel, y)
+    if grad is None:
+        grad, _ = _grad_and_logits(rel, y)
 
     def step(carry, _):
-        y, p, g, _, _ = carry
+        y, p, g, _ = carry
         p = p - 0.5 * eps * g
         y = y + eps * p
-        u, g, z = _potential_and_grad(rel, y)
+        g, z = _grad_and_logits(rel, y)
         p = p - 0.5 * eps * g
-        return (y, p, g, u, z), None
+        return (y, p, g, z), None
 
-    u0 = jnp.zeros(y.shape[:-1], y.dtype)
-    (y, p, _, u, z), _ = lax.scan(step, (y, p, g, u0, y), None, length=num_steps)
-    return y, p, u, z
+    logits = jnp.zeros(jnp.broadcast_shapes(y.shape, rel.bias.shape), y.dtype)
+    (y, p, _, z), _ = lax.scan(
+        step, (y, p, grad, logits), None, length=num_steps, unroll=num_steps <= _MAX_UNROLL
+    )
+    return y, p, _potential_of(y, z), z
 
 
-def _trajectory(rng_key, rel: Relaxation, y0, step_size, num_leapfrog, max_energy_error):
-    """One Metropolis-corrected leapfrog trajectory per chain; returns the new ``y``, its
-    logits ``L y + b``, the acceptance probability and the divergence flag."""
-    key_p, key_u = random.split(rng_key)
-    dtype = y0.dtype
-    p0 = random.normal(key_p, y0.shape, dtype)
-    u0, _, z0 = _potential_and_grad(rel, y0)
-    y1, p1, u1, z1 = _leapfrog(rel, y0, p0, step_size, num_leapfrog)
+def _trajectory(rel: Relaxation, y0, p0, uniform, step_size, num_leapfrog, max_energy_error):
+    """One Metropolis-corrected leapfrog trajectory per chain from ``y0`` with momentum
+    ``p0``, accepted when ``uniform`` is below the acceptance probability; returns the new
+    ``y``, its logits ``L y + b``, the acceptance probability and the divergence flag."""
+    g0, z0 = _grad_and_logits(rel, y0)
+    u0 = _potential_of(y0, z0)
+    y1, p1, u1, z1 = _leapfrog(rel, y0, p0, step_size, num_leapfrog, g0)
     delta = (u1 + 0.5 * jnp.sum(p1 * p1, -1)) - (u0 + 0.5 * jnp.sum(p0 * p0, -1))
     delta = jnp.where(jnp.isnan(delta), jnp.inf, delta)
     accept_prob = jnp.exp(jnp.minimum(-delta, 0.0))
     diverging = delta > max_energy_error
-    accept = random.uniform(key_u, accept_prob.shape, dtype) < accept_prob
+    accept = uniform < accept_prob
     y = jnp.where(accept[..., None], y1, y0)
     logits = jnp.where(accept[..., None], z1, z0)
     return y, logits, accept_prob, diverging
