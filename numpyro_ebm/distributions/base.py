@@ -382,6 +382,14 @@ class EnergyBasedDistribution(Distribution):
                 f"value must have shape sample_shape + batch_shape + {self.event_shape} for "
                 f"this {type(self).__name__}; got shape {value.shape}."
             )
+        if self._check_values and not self.is_discrete and is_concrete(value):
+            finite = np.isfinite(np.asarray(value))
+            if not np.all(finite):
+                raise ValueError(
+                    f"value contains {int(finite.size - finite.sum())} non-finite entries "
+                    f"(NaN or Inf); this {type(self).__name__} is a density on finite real "
+                    "arrays: drop or impute missing entries first."
+                )
         if self._check_values and self.is_discrete and is_concrete(value):
             arr = np.asarray(value)
             ok = np.isin(arr, np.asarray(self.support_values))
@@ -406,9 +414,8 @@ class EnergyBasedDistribution(Distribution):
         )
 
 
-@partial(jax.jit, static_argnums=2)
-def _sample(distribution: EnergyBasedDistribution, key: jax.Array, sample_shape: tuple):
-    # Compiled once per distribution structure (class, shapes, static config) and shape.
+def run_chains(distribution: EnergyBasedDistribution, key: jax.Array, sample_shape: tuple):
+    """Chain states after ``num_sweeps`` sweeps from ``random_state`` (to be traced in jit)."""
     key_init, key_run = random.split(key)
     x = distribution.random_state(key_init, sample_shape)
 
@@ -416,7 +423,13 @@ def _sample(distribution: EnergyBasedDistribution, key: jax.Array, sample_shape:
         return distribution.gibbs_sweep(k, x), None
 
     x, _ = lax.scan(body, x, random.split(key_run, distribution.num_sweeps))
-    return x.astype(distribution.sample_dtype)
+    return x
+
+
+@partial(jax.jit, static_argnums=2)
+def _sample(distribution: EnergyBasedDistribution, key: jax.Array, sample_shape: tuple):
+    # Compiled once per distribution structure (class, shapes, static config) and shape.
+    return run_chains(distribution, key, sample_shape).astype(distribution.sample_dtype)
 
 
 def digits(codes: jax.Array, num_units: int, num_values: int) -> jax.Array:

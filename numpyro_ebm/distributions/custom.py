@@ -406,19 +406,6 @@ class EnergyDistribution(EnergyBasedDistribution):
             raise NotImplementedError("EnergyDistribution without support_values is continuous.")
         return super().enumerate_support(expand)
 
-    # ------------------------------------------------------------------ checks
-    def _check_value(self, value: Any) -> jax.Array:
-        value = super()._check_value(value)
-        if self._check_values and self.support_values is None and is_concrete(value):
-            finite = np.isfinite(np.asarray(value))
-            if not np.all(finite):
-                raise ValueError(
-                    f"value contains {int(finite.size - finite.sum())} non-finite entries "
-                    f"(NaN or Inf); this continuous EnergyDistribution is a density on finite "
-                    f"real arrays: drop or impute missing entries first."
-                )
-        return value
-
     def _support_hint(self) -> str:
         return f"Map the data onto support_values {self.support_values} first."
 

@@ -272,18 +272,6 @@ class GaussianBernoulliRBM(EnergyBasedDistribution):
         raise NotImplementedError(f"{type(self).__name__} has real-valued visible units.")
 
     # ------------------------------------------------------------------ checks
-    def _check_value(self, value: Any) -> jax.Array:
-        value = super()._check_value(value)
-        if self._check_values and is_concrete(value):
-            arr = np.asarray(value)
-            finite = np.isfinite(arr)
-            if not np.all(finite):
-                raise ValueError(
-                    f"value contains {int(arr.size - finite.sum())} non-finite entries (NaN "
-                    f"or Inf); a {type(self).__name__} is a density on finite real vectors: "
-                    f"drop or impute missing entries first."
-                )
-        return value
 
     # ------------------------------------------------------------------ enumeration
     def _enumeration(self) -> Enumeration:

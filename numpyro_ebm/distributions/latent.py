@@ -80,6 +80,7 @@ from numpyro_ebm.distributions.base import (
     check_finite,
     digits,
     is_concrete,
+    run_chains,
 )
 from numpyro_ebm.distributions.custom import (
     FiniteValues,
@@ -985,19 +986,6 @@ class LatentEnergyDistribution(EnergyBasedDistribution):
             raise NotImplementedError("the visible units of this model are continuous.")
         return super().enumerate_support(expand)
 
-    # ------------------------------------------------------------------ checks
-    def _check_value(self, value: Any) -> jax.Array:
-        value = super()._check_value(value)
-        if self._check_values and self.support_values is None and is_concrete(value):
-            finite = np.isfinite(np.asarray(value))
-            if not np.all(finite):
-                raise ValueError(
-                    f"value contains {int(finite.size - finite.sum())} non-finite entries "
-                    f"(NaN or Inf); the visible units of this {type(self).__name__} are "
-                    "real: drop or impute missing entries first."
-                )
-        return value
-
     def _support_hint(self) -> str:
         return f"Map the data onto support_values {self.support_values} first."
 
@@ -1071,14 +1059,7 @@ def _compiled_posterior_chains(distribution, rng_key, v, sample_shape, num_sweep
 @partial(jax.jit, static_argnums=2)
 def _sample_joint(distribution: LatentEnergyDistribution, key: jax.Array, sample_shape: tuple):
     # Compiled once per distribution structure and sample shape.
-    key_init, key_run = random.split(key)
-    x = distribution.random_state(key_init, sample_shape)
-
-    def body(x, k):
-        return distribution.gibbs_sweep(k, x), None
-
-    x, _ = lax.scan(body, x, random.split(key_run, distribution.num_sweeps))
-    return x
+    return run_chains(distribution, key, sample_shape)
 
 
 # ---------------------------------------------------------------------- chains
