@@ -106,6 +106,17 @@ def exact_marginals(
     Returns an array of shape ``batch_shape + event_shape + (len(support_values),)``; for
     {0,1} models ``[..., 1]`` is ``P(x_i = 1)``, for Ising models ``[..., 1]`` is
     ``P(s_i = +1)``.
+
+    Examples
+    --------
+    Two independent units, the second with field ``log 3`` (so ``P(x_1 = 1) = 3 / 4``):
+
+    >>> import math
+    >>> import jax.numpy as jnp
+    >>> from numpyro_ebm import BoltzmannMachine, exact_marginals
+    >>> bm = BoltzmannMachine(jnp.zeros((2, 2)), jnp.array([0.0, math.log(3.0)]))
+    >>> jnp.round(exact_marginals(bm), 4).tolist()
+    [[0.5, 0.5], [0.25, 0.75]]
     """
     return _exact_marginals(distribution, chunk_size, max_states)
 
@@ -145,7 +156,18 @@ def _exact_marginals(distribution, chunk_size, max_states):
 
 def all_states(distribution: EnergyBasedDistribution, *, max_states: int = 2**20) -> jax.Array:
     """Every configuration of the event, shape ``(num_states,) + event_shape``, in
-    ``itertools.product`` order over ``support_values`` (unit 0 varies slowest)."""
+    ``itertools.product`` order over ``support_values`` (unit 0 varies slowest).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> from numpyro_ebm import IsingModel, all_states
+    >>> ising = IsingModel(jnp.array([[0.0, 1.0], [1.0, 0.0]]))
+    >>> all_states(ising).tolist()
+    [[-1, -1], [-1, 1], [1, -1], [1, 1]]
+    >>> ising.energy(all_states(ising)).tolist()  # aligned spins are favoured
+    [-1.0, 1.0, 1.0, -1.0]
+    """
     if not distribution.is_discrete:
         raise ValueError(f"{type(distribution).__name__} is continuous: no states to list.")
     num_units = int(np.prod(distribution.event_shape, dtype=np.int64))

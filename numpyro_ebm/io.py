@@ -412,6 +412,20 @@ def load(path: str | os.PathLike) -> EnergyBasedDistribution:
 
     Never unpickles and never imports anything outside numpyro_ebm. A corrupt, truncated,
     foreign or inconsistent file raises ``ValueError`` naming the file and the defect.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from numpyro_ebm import IsingModel
+    >>> from numpyro_ebm.io import load, save
+    >>> lattice = IsingModel.lattice((4, 4), coupling=0.25, field=0.5)
+    >>> path = os.path.join(tempfile.mkdtemp(), "ising.npz")
+    >>> save(path, lattice)
+    >>> copy = load(path)
+    >>> copy
+    IsingLattice(shape=(4, 4), periodic=True, batch_shape=())
+    >>> float(copy.coupling), float(copy.field)
+    (0.25, 0.5)
     """
     path = os.fspath(path)
     arrays, metadata = read_npz(path)

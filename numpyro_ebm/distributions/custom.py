@@ -31,7 +31,17 @@ DEFAULT_STEP_SIZE = 0.1
 
 class FiniteValues(constraints.Constraint):
     """Events whose every unit takes one of finitely many ``values``; ``event_dim`` trailing
-    axes form one event."""
+    axes form one event.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> from numpyro_ebm import FiniteValues
+    >>> FiniteValues((-1, 1))(jnp.array([-1, 0, 1])).tolist()
+    [True, False, True]
+    >>> FiniteValues((0, 1, 2), event_dim=1)(jnp.array([[0, 2, 1], [0, 3, 1]])).tolist()
+    [True, False]
+    """
 
     is_discrete = True
 
@@ -306,7 +316,22 @@ class EnergyDistribution(EnergyBasedDistribution):
 
     def with_parameters(self, **params: Any) -> EnergyDistribution:
         """A copy with leaves of ``params`` replaced, keyed as in :meth:`energy_parameters`
-        (``"params['J']"``); shapes must stay the same."""
+        (``"params['J']"``); shapes must stay the same.
+
+        Examples
+        --------
+        >>> import jax.numpy as jnp
+        >>> from numpyro_ebm import EnergyDistribution
+        >>> def chain(x, p):
+        ...     return -p["J"] * jnp.sum(x[:-1] * x[1:])
+        >>> model = EnergyDistribution(chain, (3,), support_values=(-1, 1),
+        ...                            params={"J": jnp.array(1.0)})
+        >>> list(model.energy_parameters())
+        ["params['J']"]
+        >>> stronger = model.with_parameters(**{"params['J']": jnp.array(2.0)})
+        >>> float(model.energy(jnp.ones(3))), float(stronger.energy(jnp.ones(3)))
+        (-2.0, -4.0)
+        """
         new_params = _replaced_leaves(self.params, params, type(self).__name__)
         new = super().with_parameters()
         new.params = new_params

@@ -214,7 +214,20 @@ class GaussianBernoulliRBM(EnergyBasedDistribution):
         return 0.5 * jnp.sum(z * z, -1)
 
     def free_energy(self, value: jax.Array) -> jax.Array:
-        """``F(v)``, the energy of ``v`` with the hidden layer summed out."""
+        """``F(v)``, the energy of ``v`` with the hidden layer summed out.
+
+        Examples
+        --------
+        With ``W = 0`` each of the 3 hidden units contributes ``-log 2``:
+
+        >>> import math
+        >>> import jax.numpy as jnp
+        >>> from numpyro_ebm import GaussianBernoulliRBM
+        >>> rbm = GaussianBernoulliRBM(jnp.zeros((2, 3)))
+        >>> f = rbm.free_energy(jnp.array([1.0, -1.0]))  # (1 + 1) / 2 - 3 log 2
+        >>> bool(jnp.isclose(f, 1.0 - 3 * math.log(2)))
+        True
+        """
         v = jnp.asarray(value).astype(self.chain_dtype)
         return self._quadratic(v) - jnp.sum(softplus(self.visible_to_hidden(v)), -1)
 
@@ -240,7 +253,17 @@ class GaussianBernoulliRBM(EnergyBasedDistribution):
 
     # ------------------------------------------------------------------ conditionals
     def hidden_conditional(self, visible: jax.Array) -> Bernoulli:
-        """``p(h | v)`` as a numpyro distribution with ``event_shape == (num_hidden,)``."""
+        """``p(h | v)`` as a numpyro distribution with ``event_shape == (num_hidden,)``.
+
+        Examples
+        --------
+        >>> import jax.numpy as jnp
+        >>> from numpyro_ebm import GaussianBernoulliRBM
+        >>> rbm = GaussianBernoulliRBM(jnp.zeros((2, 3)), hidden_bias=jnp.array([0.0, 1.0, -1.0]))
+        >>> p_h = rbm.hidden_conditional(jnp.zeros(2))  # W = 0: sigmoid(c)
+        >>> p_h.event_shape, [round(p, 4) for p in p_h.mean.tolist()]
+        ((3,), [0.5, 0.7311, 0.2689])
+        """
         return Bernoulli(logits=self.visible_to_hidden(visible)).to_event(1)
 
     def visible_conditional(self, hidden: jax.Array) -> Normal:

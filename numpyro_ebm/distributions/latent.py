@@ -501,7 +501,20 @@ class LatentEnergyDistribution(EnergyBasedDistribution):
     def join(self, visible: Any, latent: Any) -> jax.Array:
         """The joint state of ``visible`` (``lead + visible_shape``) and ``latent``
         (``lead + latent_shape``; leading dimensions broadcast): shape ``lead +
-        (num_joint_units,)``, in the chain dtype."""
+        (num_joint_units,)``, in the chain dtype; :meth:`split` undoes it.
+
+        Examples
+        --------
+        >>> import jax.numpy as jnp
+        >>> from numpyro_ebm import LatentEnergyDistribution
+        >>> model = LatentEnergyDistribution(lambda v, h: -v @ h, (2,), (2,),
+        ...                                  support_values=(0, 1), latent_values=(0, 1))
+        >>> joint = model.join(jnp.array([1, 0]), jnp.array([0, 1]))
+        >>> joint.tolist()
+        [1.0, 0.0, 0.0, 1.0]
+        >>> [part.tolist() for part in model.split(joint)]
+        [[1.0, 0.0], [0.0, 1.0]]
+        """
         v = self._as_chain(visible)
         h = self._as_chain(latent)
         lead = jnp.broadcast_shapes(_lead(v, self.visible_shape), _lead(h, self.latent_shape))
@@ -621,7 +634,21 @@ class LatentEnergyDistribution(EnergyBasedDistribution):
 
     def free_energy(self, visible: Any) -> jax.Array:
         """``F(v) = -log sum_h exp(-E(v, h))``, exact (enumerated), shape ``lead``; raises
-        :class:`FreeEnergyError` when the latent units do not enumerate."""
+        :class:`FreeEnergyError` when the latent units do not enumerate.
+
+        Examples
+        --------
+        One visible and one latent unit, ``E(v, h) = -v h``: ``F(1) = -log(1 + e)``.
+
+        >>> import math
+        >>> import jax.numpy as jnp
+        >>> from numpyro_ebm import LatentEnergyDistribution
+        >>> model = LatentEnergyDistribution(lambda v, h: -v @ h, (1,), (1,),
+        ...                                  support_values=(0, 1), latent_values=(0, 1))
+        >>> f = model.free_energy(jnp.array([[0], [1]]))
+        >>> bool(jnp.allclose(f, jnp.array([-math.log(2), -math.log(1 + math.e)])))
+        True
+        """
         self._require_exact("free_energy")
         v = self._as_chain(visible)
         self._check_visible_shape(v, "free_energy")

@@ -55,7 +55,15 @@ _AXIS_LETTERS = "abcdefghjlmoprstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 def one_hot(value: Any, num_states: int, dtype) -> jax.Array:
     """``[value == k]`` for ``k = 0..num_states-1``: shape ``value.shape + (num_states,)``.
 
-    Works for integer and float-coded values alike (chain states are floats)."""
+    Works for integer and float-coded values alike (chain states are floats).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> from numpyro_ebm.distributions.potts import one_hot
+    >>> one_hot(jnp.array([0.0, 2.0]), 3, jnp.int32).tolist()
+    [[1, 0, 0], [0, 0, 1]]
+    """
     value = jnp.asarray(value)
     return (value[..., None] == jnp.arange(num_states, dtype=value.dtype)).astype(dtype)
 
@@ -63,7 +71,18 @@ def one_hot(value: Any, num_states: int, dtype) -> jax.Array:
 def categorical_draw(uniform: jax.Array, logits: jax.Array) -> jax.Array:
     """Draw ``k`` with probability ``softmax(logits)[k]`` by inverse CDF, from one uniform
     in ``[0, 1)`` per draw. ``uniform`` has shape ``logits.shape[:-1]``; the result has that
-    shape and the dtype of ``logits``."""
+    shape and the dtype of ``logits``.
+
+    Examples
+    --------
+    With probabilities ``(0.2, 0.3, 0.5)`` the cumulative thresholds are 0.2 and 0.5:
+
+    >>> import jax.numpy as jnp
+    >>> from numpyro_ebm.distributions.potts import categorical_draw
+    >>> logits = jnp.log(jnp.array([[0.2, 0.3, 0.5]] * 4))
+    >>> categorical_draw(jnp.array([0.1, 0.25, 0.6, 0.99]), logits).tolist()
+    [0.0, 1.0, 2.0, 2.0]
+    """
     q = logits.shape[-1]
     if q <= _MAX_UNROLLED_STATES:
         return _draw_from_parts(uniform, [logits[..., k] for k in range(q)])
@@ -273,7 +292,20 @@ class PottsModel(EnergyBasedDistribution):
         num_sweeps: int = 1000,
         validate_args: bool | None = None,
     ) -> PottsLattice:
-        """A nearest-neighbour Potts model on a hypercubic lattice: see :class:`PottsLattice`."""
+        """A nearest-neighbour Potts model on a hypercubic lattice: see :class:`PottsLattice`.
+
+        Examples
+        --------
+        A batch of two couplings (two lattices swept by one program):
+
+        >>> import jax.numpy as jnp
+        >>> from numpyro_ebm import PottsModel
+        >>> potts = PottsModel.lattice((8, 8), num_states=3, coupling=jnp.array([0.25, 1.0]))
+        >>> potts.batch_shape, potts.event_shape
+        ((2,), (8, 8))
+        >>> potts.energy(jnp.zeros((8, 8))).tolist()  # 128 satisfied bonds, -K each
+        [-32.0, -128.0]
+        """
         return PottsLattice(
             shape,
             num_states,
@@ -622,7 +654,17 @@ class PottsLattice(PottsModel):
 
     def neighbor_counts(self, value: jax.Array) -> jax.Array:
         """How many nearest neighbours of each site are in each state: shape
-        ``value.shape + (q,)`` (a bond along a periodic side of length 2 counts twice)."""
+        ``value.shape + (q,)`` (a bond along a periodic side of length 2 counts twice).
+
+        Examples
+        --------
+        >>> import jax.numpy as jnp
+        >>> from numpyro_ebm import PottsModel
+        >>> potts = PottsModel.lattice((3, 3), num_states=3, coupling=1.0)
+        >>> x = jnp.array([[0, 1, 2], [0, 0, 0], [2, 2, 2]])
+        >>> potts.neighbor_counts(x)[1, 1].tolist()  # neighbours 1 (up), 2 (down), 0, 0
+        [2.0, 1.0, 1.0]
+        """
         dtype = self.coupling.dtype
         return sum(one_hot(nb, self.num_states, dtype) for nb in self._neighbors(value))
 
