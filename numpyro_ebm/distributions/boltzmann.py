@@ -50,7 +50,13 @@ from numpyro_ebm.distributions.constraints import (
     spin,
     symmetric_zero_diagonal,
 )
-from numpyro_ebm.distributions.rbm import as_float, batch_shape_of, expand_beta, vector_param
+from numpyro_ebm.distributions.rbm import (
+    as_float,
+    batch_shape_of,
+    expand_beta,
+    uniform,
+    vector_param,
+)
 
 __all__ = ["BoltzmannMachine", "IsingLattice", "IsingModel"]
 
@@ -330,6 +336,18 @@ class BoltzmannMachine(_PairwiseBinary):
         ``E_B(x) = E_I(s) - c`` with ``c = 1^\top W 1 / 8 + 1^\top a / 2``, so
         ``log Z_B = log Z_I + c`` and ``log_prob`` agrees under the map. An attached
         ``log_partition`` is carried over.
+
+        Examples
+        --------
+        >>> import jax.numpy as jnp
+        >>> from numpyro_ebm import BoltzmannMachine, all_states
+        >>> bm = BoltzmannMachine(jnp.array([[0.0, 2.0], [2.0, 0.0]]), jnp.array([-1.0, -1.0]))
+        >>> ising = bm.to_ising()
+        >>> ising.couplings.tolist(), ising.fields.tolist()  # J = W / 4, h = a / 2 + W 1 / 4
+        ([[0.0, 0.5], [0.5, 0.0]], [0.0, 0.0])
+        >>> x = all_states(bm)
+        >>> bool(jnp.allclose(bm.log_prob(x), ising.log_prob(2 * x - 1)))
+        True
         """
         w = self._effective_couplings()
         a = self.fields
@@ -414,7 +432,24 @@ class IsingModel(_PairwiseBinary):
         num_sweeps: int = 1000,
         validate_args: bool | None = None,
     ) -> IsingLattice:
-        """A nearest-neighbour Ising model on a hypercubic lattice; see :class:`IsingLattice`."""
+        """A nearest-neighbour Ising model on a hypercubic lattice; see :class:`IsingLattice`.
+
+        Examples
+        --------
+        An array of couplings is a batch of lattices (here three temperatures), all swept by
+        one program; chains are leading axes of the state:
+
+        >>> import jax, jax.numpy as jnp
+        >>> from numpyro_ebm import IsingModel
+        >>> lattices = IsingModel.lattice((8, 8), coupling=jnp.array([0.25, 0.5, 0.75]))
+        >>> lattices.batch_shape, lattices.event_shape
+        ((3,), (8, 8))
+        >>> lattices.energy(jnp.ones((8, 8))).tolist()  # 128 bonds, -K each
+        [-32.0, -64.0, -96.0]
+        >>> spins = jnp.ones((4, 3, 8, 8))  # 4 chains per coupling
+        >>> jax.jit(lattices.gibbs_sweep)(jax.random.key(0), spins).shape
+        (4, 3, 8, 8)
+        """
         return IsingLattice(
             shape,
             coupling,
@@ -627,7 +662,14 @@ class IsingLattice(IsingModel):
         return tuple(tuple(int(i) for i in b) for b in _blocks_of(tuple(self.coloring.ravel())))
 
     def bonds(self) -> np.ndarray:
-        """The nearest-neighbour bonds as pairs of flat site indices, ``(num_bonds, 2)``."""
+        """The nearest-neighbour bonds as pairs of flat site indices, ``(num_bonds, 2)``.
+
+        Examples
+        --------
+        >>> from numpyro_ebm import IsingModel
+        >>> IsingModel.lattice((2, 3), coupling=0.5, periodic=False).bonds().tolist()
+        [[0, 3], [1, 4], [2, 5], [0, 1], [1, 2], [3, 4], [4, 5]]
+        """
         return _lattice_bonds(self.event_shape, self.periodic)
 
     def _check_dense(self, what: str) -> None:
@@ -663,7 +705,20 @@ class IsingLattice(IsingModel):
 
     def to_boltzmann(self) -> BoltzmannMachine:
         """The dense :class:`BoltzmannMachine` over flattened sites ``x = (s + 1) / 2``
-        (small lattices only; see :meth:`IsingModel.to_boltzmann`)."""
+        (small lattices only; see :meth:`IsingModel.to_boltzmann`).
+
+        Examples
+        --------
+        >>> import jax.numpy as jnp
+        >>> from numpyro_ebm import IsingModel
+        >>> lattice = IsingModel.lattice((2, 3), coupling=0.5, periodic=False)
+        >>> bm = lattice.to_boltzmann()
+        >>> type(bm).__name__, bm.event_shape
+        ('BoltzmannMachine', (6,))
+        >>> x = jnp.array([1, 0, 1, 1, 1, 0])
+        >>> bool(jnp.allclose(bm.log_prob(x), lattice.log_prob((2 * x - 1).reshape(2, 3))))
+        True
+        """
         self._check_dense("to_boltzmann()")
         dense = IsingModel(
             self.couplings,
@@ -719,7 +774,7 @@ class IsingLattice(IsingModel):
         d = len(shape)
         s = jnp.asarray(value).astype(dtype)
         s = jnp.broadcast_to(s, jnp.broadcast_shapes(s.shape, self.batch_shape + shape))
-        u = random.uniform(rng_key, s.shape, dtype)
+        u = uniform(rng_key, s.shape, dtype)  # two uniforms per threefry block in float32
         scale = 2 * expand_beta(jnp.asarray(beta, dtype), d)
         k = self._site_param(self.coupling.astype(dtype), False)
         h = self._site_param(self.field.astype(dtype), self._field_per_site)

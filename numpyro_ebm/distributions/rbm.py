@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax import random
+from jax import lax, random
+from jax.extend.random import threefry2x32_p
 from numpyro.distributions import Bernoulli, constraints
 
 from numpyro_ebm.distributions.base import (
@@ -53,9 +55,69 @@ def batch_shape_of(owner: str, **shapes: tuple[int, ...]) -> tuple[int, ...]:
         ) from None
 
 
+#: Random bits per float32 uniform of :func:`uniform`: uniforms on the grid ``k / 2**24``,
+#: so an event ``U < p`` has probability ``ceil(2**24 p) / 2**24``, ``p`` rounded up by less
+#: than ``2**-24`` (``random.uniform`` in float32 uses a grid of ``2**-23``).
+UNIFORM_BITS = 24
+
+
+def _threefry_pairs(rng_key: jax.Array, shape: tuple[int, ...]) -> jax.Array | None:
+    """``shape`` random ``uint32`` words, two per threefry block (both output words of block
+    ``(..., j)``, counted over ``shape[:-1] + (ceil(m / 2),)``), or None where this does
+    not apply (a non-threefry or batched key, more than ``2**32`` blocks).
+
+    ``random.uniform`` (partitionable threefry, JAX's default) spends a whole block, two
+    words XORed into one, per number; using both words halves the generator's work. The
+    two words of block ``(..., j)`` go to units ``j`` and ``j + ceil(m / 2)`` of the last
+    axis, so the leading (chain) axes stay independent: the words do not depend on how
+    those axes are sharded across devices."""
+    key_ndim = 0 if jax.dtypes.issubdtype(rng_key.dtype, jax.dtypes.prng_key) else 1
+    if rng_key.ndim != key_ndim or random.key_impl(rng_key) != "threefry2x32":
+        return None
+    m = shape[-1]
+    half = shape[:-1] + ((m + 1) // 2,)
+    if math.prod(half) >= 2**32:
+        return None
+    count = jnp.zeros(half, jnp.uint32)
+    stride = 1
+    for axis in range(len(half) - 1, -1, -1):
+        count = count + jnp.uint32(stride) * lax.broadcasted_iota(jnp.uint32, half, axis)
+        stride *= half[axis]
+    data = random.key_data(rng_key)
+    first, second = threefry2x32_p.bind(data[0], data[1], jnp.zeros_like(count), count)
+    return jnp.concatenate([first, second], -1)[..., :m]
+
+
+def uniform(rng_key: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
+    """Independent uniforms on [0, 1), shape ``shape``: what the samplers compare with
+    conditional probabilities.
+
+    In float32 (with a threefry key) they lie on the grid ``k / 2**24``, built from the top
+    :data:`UNIFORM_BITS` bits of the words of :func:`_threefry_pairs`, two per threefry
+    block: a Bernoulli draw ``U < p`` then has probability ``ceil(2**24 p) / 2**24``, ``p``
+    rounded up by less than ``2**-24`` = 6e-8 in absolute terms (the size of the float32
+    rounding error of ``p`` near 1; half the grid spacing of ``random.uniform``'s float32
+    uniforms). Other dtypes: ``random.uniform``.
+
+    >>> import jax
+    >>> from numpyro_ebm.distributions.rbm import uniform
+    >>> u = uniform(jax.random.key(0), (3, 5), "float32")
+    >>> u.shape, bool((u >= 0).all() & (u < 1).all())
+    ((3, 5), True)
+    """
+    shape = tuple(shape)
+    if jnp.dtype(dtype) == jnp.float32 and shape and math.prod(shape) > 0:
+        words = _threefry_pairs(rng_key, shape)
+        if words is not None:
+            scale = jnp.float32(2.0**-UNIFORM_BITS)  # exact: integers below 2**24
+            return (words >> (32 - UNIFORM_BITS)).astype(jnp.float32) * scale
+    return random.uniform(rng_key, shape, dtype)
+
+
 def bernoulli_draw(rng_key: jax.Array, logits: jax.Array) -> jax.Array:
-    """A {0,1} draw with ``P(1) = sigmoid(logits)``, in the dtype of ``logits``."""
-    u = random.uniform(rng_key, logits.shape, logits.dtype)
+    """A {0,1} draw with ``P(1) = sigmoid(logits)``, in the dtype of ``logits`` (uniforms
+    from :func:`uniform`)."""
+    u = uniform(rng_key, logits.shape, logits.dtype)
     return (u < jax.nn.sigmoid(logits)).astype(logits.dtype)
 
 

@@ -1,0 +1,311 @@
+"""Sampler throughput: RBM block-Gibbs sweeps and Ising checkerboard updates per second.
+
+Two workloads, float32, each timed as many sweeps inside one ``jit`` with ``lax.scan``
+(what ``gibbs.kernel``, ``sample`` and the estimators compile), interleaved over repeated
+rounds; medians. Only ratios measured in the same run mean anything on a shared machine.
+
+RBM, 784 visible x 500 hidden, 100 and 1,000 chains (``BernoulliRBM.gibbs_sweep``,
+``v -> h -> v``):
+
+- the library's sweep (uniforms two per threefry block, :func:`numpyro_ebm.distributions.
+  rbm.uniform`);
+- the same sweep with ``jax.random.uniform`` (one threefry block per uniform: the library's
+  sweep before this change), traced from the library's code with ``uniform`` swapped back;
+- the same sweep without random numbers (the probabilities themselves: mean field; a
+  diagnostic, not a sampler, to show what the random numbers cost);
+- the matrix-multiply roofline: only the sweep's two products ``v W`` and ``h W^T``
+  (2 x 2 x chains x 784 x 500 FLOP) in the same ``jit`` + ``lax.scan`` (``W`` with
+  orthonormal columns, so the carried state neither grows nor decays). "of roofline" is
+  the roofline's time over the row's time.
+
+Ising, 256 x 256 and 1,024 x 1,024 periodic lattices at the critical coupling, one
+lattice (``IsingLattice.gibbs_sweep``: checkerboard, both colours per sweep), against a
+vectorized NumPy checkerboard written below (float32, ``np.roll`` neighbour sums, one
+``Generator.random`` draw per site and sweep, PCG64) and the library's sweep with
+``jax.random.uniform``. Updates per second count every site once per sweep.
+
+Ratios ("of roofline", "vs NumPy", speed-ups) are medians over rounds of the ratio of the
+two measurements taken in the same round, which drifts less than a ratio of medians when the
+load of a shared machine changes during the run.
+
+With several devices (a GPU, or CPU host devices forced with
+``XLA_FLAGS=--xla_force_host_platform_device_count=2`` set before the run), the RBM table
+gets a row with the library's sweep run with its chains sharded over all of them
+(:func:`numpyro_ebm.sharding.shard_chains`); every other row runs on the default device.
+
+Every measurement records the share of the machine's CPU that other processes used meanwhile
+(``common.Stopwatch``); the tables report medians over all rounds and that share. Peak
+memory: the compiled programs' own estimate (``memory_analysis``: arguments, outputs and
+temporaries) and the process's peak resident set size.
+
+Run: ``python benchmarks/sampler_throughput.py [--repeats 7] [--json throughput.json]``
+(about 3 minutes on 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import resource
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from common import (
+    Stopwatch,
+    describe_machine,
+    machine_info,
+    markdown_table,
+    median,
+    write_json,
+)
+from jax import lax, random
+
+import numpyro_ebm.distributions.boltzmann as boltzmann_module
+import numpyro_ebm.distributions.rbm as rbm_module
+from numpyro_ebm import BernoulliRBM, IsingModel
+from numpyro_ebm.sharding import shard_chains
+
+NUM_VISIBLE, NUM_HIDDEN = 784, 500
+K_CRITICAL = 0.5 * math.log(1 + math.sqrt(2))  # sinh(2 K) = 1
+LIBRARY_RBM = "numpyro_ebm gibbs_sweep"
+ROOFLINE = "matmul roofline (v W, h W^T only)"
+NUMPY_ISING = "NumPy vectorized checkerboard (float32, PCG64)"
+
+
+@contextlib.contextmanager
+def jax_random_uniform():
+    """Trace the library's sweeps with ``jax.random.uniform`` (the code before this change)."""
+    saved = rbm_module.uniform, boltzmann_module.uniform
+
+    def plain(rng_key, shape, dtype):
+        return random.uniform(rng_key, shape, dtype)
+
+    rbm_module.uniform = boltzmann_module.uniform = plain
+    try:
+        yield
+    finally:
+        rbm_module.uniform, boltzmann_module.uniform = saved
+
+
+def compiled_scan(sweep, x0, num_sweeps):
+    """A callable running ``num_sweeps`` of ``sweep(key, x) -> x`` in one jit + scan from the
+    last state (each call continues the chains), and the program's memory estimate (MiB)."""
+
+    def run_scan(x, key):
+        def body(x, k):
+            return sweep(k, x), None
+
+        x, _ = lax.scan(body, x, random.split(key, num_sweeps))
+        return x
+
+    fn = jax.jit(run_scan, donate_argnums=0)
+    key = random.key(0)
+    compiled = fn.lower(x0, key).compile()
+    mem = compiled.memory_analysis()
+    mib = float("nan")
+    if mem is not None:
+        total = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+        mib = total / 2**20
+    state = {"x": jax.block_until_ready(fn(jnp.copy(x0), key)), "i": 0}
+
+    def run():
+        state["i"] += 1
+        state["x"] = jax.block_until_ready(fn(state["x"], random.fold_in(key, state["i"])))
+
+    return run, mib
+
+
+# ---------------------------------------------------------------------- RBM
+def rbm_variants(num_chains: int, num_sweeps: int):
+    k1, k2, k3, k4 = random.split(random.key(1), 4)
+    rbm = BernoulliRBM(
+        0.05 * random.normal(k1, (NUM_VISIBLE, NUM_HIDDEN)),
+        0.5 * random.normal(k2, (NUM_VISIBLE,)),
+        0.5 * random.normal(k3, (NUM_HIDDEN,)),
+    )
+    x0 = rbm.random_state(k4, (num_chains,))
+    library, mem = compiled_scan(rbm.gibbs_sweep, x0, num_sweeps)
+    with jax_random_uniform():
+        previous, _ = compiled_scan(rbm.gibbs_sweep, x0, num_sweeps)
+
+    def mean_field(key, v):
+        del key
+        h = jax.nn.sigmoid(rbm.visible_to_hidden(v))
+        return jax.nn.sigmoid(rbm.hidden_to_visible(h))
+
+    no_draws, _ = compiled_scan(mean_field, x0, num_sweeps)
+    q, _ = jnp.linalg.qr(random.normal(k1, (NUM_VISIBLE, NUM_HIDDEN)))  # orthonormal columns
+
+    def products_only(key, v):
+        del key
+        return (v @ q) @ q.T
+
+    roofline, _ = compiled_scan(products_only, x0.astype(jnp.float32), num_sweeps)
+    rows = {}
+    num_devices = len(jax.devices())
+    if num_devices > 1 and num_chains % num_devices == 0:
+        sharded, _ = compiled_scan(rbm.gibbs_sweep, shard_chains(x0), num_sweeps)
+        rows[f"gibbs_sweep, chains sharded over {num_devices} devices"] = (
+            sharded,
+            float("nan"),
+        )
+    return {
+        **rows,
+        LIBRARY_RBM: (library, mem),
+        "gibbs_sweep with jax.random.uniform (before)": (previous, float("nan")),
+        "sweep without random numbers (mean field, diagnostic)": (no_draws, float("nan")),
+        ROOFLINE: (roofline, float("nan")),
+    }
+
+
+# ---------------------------------------------------------------------- Ising
+def numpy_checkerboard(side: int, num_sweeps: int, seed: int = 0):
+    """Vectorized NumPy checkerboard Gibbs on a periodic ``side x side`` Ising lattice at
+    ``K_CRITICAL`` (no field), float32; returns a callable running ``num_sweeps`` sweeps."""
+    rng = np.random.default_rng(seed)
+    s = np.where(rng.random((side, side)) < 0.5, -1.0, 1.0).astype(np.float32)
+    i, j = np.indices((side, side))
+    colours = [(i + j) % 2 == c for c in (0, 1)]
+    two_k = np.float32(2 * K_CRITICAL)
+    one, minus_one = np.float32(1), np.float32(-1)
+    state = {"s": s}
+
+    def run():
+        s = state["s"]
+        for _ in range(num_sweeps):
+            u = rng.random((side, side), dtype=np.float32)
+            for colour in colours:
+                nb = np.roll(s, 1, 0) + np.roll(s, -1, 0) + np.roll(s, 1, 1) + np.roll(s, -1, 1)
+                p = 1 / (1 + np.exp(-two_k * nb))
+                s = np.where(colour, np.where(u < p, one, minus_one), s)
+        state["s"] = s
+
+    return run
+
+
+def ising_variants(side: int, jax_sweeps: int, numpy_sweeps: int):
+    lattice = IsingModel.lattice((side, side), coupling=K_CRITICAL)
+    s0 = lattice.random_state(random.key(2), (1,))
+    library, mem = compiled_scan(lattice.gibbs_sweep, s0, jax_sweeps)
+    with jax_random_uniform():
+        previous, _ = compiled_scan(lattice.gibbs_sweep, s0, jax_sweeps)
+    return {
+        "numpyro_ebm IsingLattice.gibbs_sweep": (library, mem, jax_sweeps),
+        "gibbs_sweep with jax.random.uniform (before)": (previous, float("nan"), jax_sweeps),
+        NUMPY_ISING: (
+            numpy_checkerboard(side, numpy_sweeps),
+            float("nan"),
+            numpy_sweeps,
+        ),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved timing rounds")
+    parser.add_argument("--json", default=None, help="write the rows to this JSON file")
+    args = parser.parse_args()
+
+    print("compiling ...", flush=True)
+    # (workload, row) -> (callable, memory MiB, sweeps per call, units per sweep)
+    workloads = {}
+    for chains, sweeps in ((100, 40), (1000, 4)):
+        for row, (run, mem) in rbm_variants(chains, sweeps).items():
+            name = f"RBM 784x500, {chains} chains"
+            workloads[(name, row)] = (run, mem, sweeps, chains)
+    for side, jax_sweeps, numpy_sweeps in ((256, 40, 10), (1024, 4, 1)):
+        for row, (run, mem, sweeps) in ising_variants(side, jax_sweeps, numpy_sweeps).items():
+            workloads[(f"Ising {side}x{side}", row)] = (run, mem, sweeps, side * side)
+
+    samples = {key: [] for key in workloads}
+    for r in range(args.repeats):
+        print(f"round {r + 1}/{args.repeats}", flush=True)
+        for key, (run, *_rest) in workloads.items():
+            watch = Stopwatch()
+            run()
+            samples[key].append(watch.read())
+
+    rows = []
+    for (name, row), (_, mem, sweeps, units) in workloads.items():
+        seconds = median([t for t, _ in samples[(name, row)]])
+        rows.append(
+            {
+                "workload": name,
+                "implementation": row,
+                "sweeps/s": sweeps / seconds,
+                "units": units,
+                "median ms/sweep": 1e3 * seconds / sweeps,
+                "others' CPU (median)": f"{median([s for _, s in samples[(name, row)]]):.0%}",
+                "program MiB": mem,
+            }
+        )
+
+    def paired(name, row, reference):
+        """Median over rounds of (reference's time / row's time) per sweep, each pair taken
+        in the same round: steadier than a ratio of medians while the load drifts."""
+        ref_sweeps, row_sweeps = workloads[(name, reference)][2], workloads[(name, row)][2]
+        return median(
+            [
+                (t_ref / ref_sweeps) / (t_row / row_sweeps)
+                for (t_ref, _), (t_row, _) in zip(
+                    samples[(name, reference)], samples[(name, row)], strict=True
+                )
+            ]
+        )
+
+    rbm_table, ising_table = [], []
+    for r in rows:
+        name, row = r["workload"], r["implementation"]
+        if name.startswith("RBM"):
+            rbm_table.append(
+                {
+                    "workload": name,
+                    "sweep": row,
+                    "sweeps/s": r["sweeps/s"],
+                    "of roofline": paired(name, row, ROOFLINE),
+                    "speed-up of the library's sweep over this row": 1
+                    / paired(name, row, LIBRARY_RBM),
+                    "others' CPU (median)": r["others' CPU (median)"],
+                }
+            )
+        else:
+            ising_table.append(
+                {
+                    "lattice": name,
+                    "sweep": row,
+                    "M spin updates/s": r["sweeps/s"] * r["units"] / 1e6,
+                    "vs NumPy": paired(name, row, NUMPY_ISING),
+                    "others' CPU (median)": r["others' CPU (median)"],
+                }
+            )
+    info = machine_info()
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB -> MiB
+    print("\n" + describe_machine(info) + "\n")
+    print(markdown_table(rbm_table))
+    print()
+    print(markdown_table(ising_table))
+    memory = [
+        {"program": f"{r['workload']}: {r['implementation']}", "MiB": r["program MiB"]}
+        for r in rows
+        if not math.isnan(r["program MiB"])
+    ]
+    print()
+    print(markdown_table(memory))
+    print(f"\npeak resident set size of the whole run: {peak_rss:.0f} MiB")
+    write_json(
+        args.json,
+        {
+            "rows": rows,
+            "rbm": rbm_table,
+            "ising": ising_table,
+            "memory": memory,
+            "peak_rss_mib": peak_rss,
+            "samples": {f"{k[0]} | {k[1]}": v for k, v in samples.items()},
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
