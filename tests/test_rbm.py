@@ -160,3 +160,18 @@ def test_exact_log_partition_of_wide_rbm_is_chunked(x64):
     np.testing.assert_allclose(
         exact_log_partition(rbm, chunk_size=2**10), direct, rtol=1e-12
     )
+
+
+def test_softplus_value_and_derivative_match_jax_everywhere_including_zero():
+    """The fast softplus equals jax.nn.softplus, and so does its derivative (sigmoid), also
+    at exactly 0, where the max/abs formula alone has a kink in each term (free-energy
+    gradients at zero pre-activations, e.g. zero biases at initialization, rely on it)."""
+    from numpyro_ebm.distributions.base import softplus
+
+    x = jnp.asarray([-40.0, -3.0, -1e-7, 0.0, 1e-7, 2.0, 40.0])
+    np.testing.assert_allclose(softplus(x), jax.nn.softplus(x), rtol=1e-6, atol=1e-12)
+    grad = jax.vmap(jax.grad(softplus))(x)
+    np.testing.assert_allclose(grad, jax.nn.sigmoid(x), rtol=1e-6, atol=1e-12)
+    assert float(jax.grad(softplus)(0.0)) == 0.5
+    second = jax.vmap(jax.grad(jax.grad(softplus)))(x)
+    np.testing.assert_allclose(second, jax.vmap(jax.grad(jax.nn.sigmoid))(x), atol=1e-7)

@@ -78,9 +78,19 @@ class Enumeration(NamedTuple):
     unit_probs: Callable[[jax.Array], jax.Array] | None
 
 
+@jax.custom_jvp
 def softplus(x: jax.Array) -> jax.Array:
-    """``log(1 + exp(x))``, computed stably and faster than ``jax.nn.softplus`` on CPU."""
+    """``log(1 + exp(x))``, computed stably and faster than ``jax.nn.softplus`` on CPU.
+
+    Its derivative is ``sigmoid(x)`` everywhere (defined explicitly: differentiating the
+    formula would give 0 at ``x = 0``, where ``|x|`` has no derivative)."""
     return jnp.maximum(x, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+
+
+@softplus.defjvp
+def _softplus_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    return softplus(x), jax.nn.sigmoid(x) * t
 
 
 def is_concrete(*xs: Any) -> bool:
