@@ -21,6 +21,7 @@ training with :class:`TrainingDivergedError` holding the last finite model.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -35,6 +36,7 @@ import optax
 from jax import lax, random
 from numpyro.distributions.transforms import biject_to
 
+from numpyro_ebm.diagnostics import QUANTITIES, MixingError, MixingWarning, Monitor, diagnose
 from numpyro_ebm.distributions.base import EnergyBasedDistribution
 from numpyro_ebm.distributions.constraints import symmetric_zero_diagonal
 from numpyro_ebm.exact import exact_log_partition
@@ -110,6 +112,20 @@ class FitHistory(NamedTuple):
         includes compilation).
     eval_metric_name : ``"log_likelihood"`` (exact, per example), ``"pseudo_log_likelihood"``
         or ``"reconstruction_error"`` (see :func:`evaluate`), or ``""`` without eval data.
+
+    With a :class:`~numpyro_ebm.diagnostics.Monitor`, one row per diagnosis (``D`` rows;
+    empty otherwise), columns of the ``(D, 2)`` arrays in the order of
+    :data:`~numpyro_ebm.diagnostics.QUANTITIES` (energy, mean activation):
+
+    monitor_epoch : ``(D,)`` epochs completed at each diagnosis.
+    monitor_rhat, monitor_ess_bulk : ``(D, 2)`` R-hat and bulk ESS of the chains (worst
+        over batch members).
+    monitor_num_stuck : ``(D, 2)`` chains whose quantity never changed.
+    monitor_ok : ``(D,)`` the verdict.
+    monitor_action : ``(D,)`` what was done: ``""`` (passed), ``"warn"``, ``"raise"``,
+        ``"add_sweeps"`` or ``"add_chains"``.
+    monitor_num_sweeps, monitor_num_chains : ``(D,)`` the estimator's ``num_sweeps`` and
+        ``num_chains`` after the action (-1 where it has none).
     """
 
     epoch: np.ndarray
@@ -120,6 +136,14 @@ class FitHistory(NamedTuple):
     eval_metric: np.ndarray
     wall_time: np.ndarray
     eval_metric_name: str = ""
+    monitor_epoch: np.ndarray = np.zeros((0,), np.int64)
+    monitor_rhat: np.ndarray = np.zeros((0, len(QUANTITIES)))
+    monitor_ess_bulk: np.ndarray = np.zeros((0, len(QUANTITIES)))
+    monitor_num_stuck: np.ndarray = np.zeros((0, len(QUANTITIES)), np.int64)
+    monitor_ok: np.ndarray = np.zeros((0,), bool)
+    monitor_action: np.ndarray = np.zeros((0,), "<U10")
+    monitor_num_sweeps: np.ndarray = np.zeros((0,), np.int64)
+    monitor_num_chains: np.ndarray = np.zeros((0,), np.int64)
 
 
 _HISTORY_ARRAYS = (
@@ -130,6 +154,17 @@ _HISTORY_ARRAYS = (
     "swap_rate",
     "eval_metric",
     "wall_time",
+)
+
+_MONITOR_ARRAYS = (
+    "monitor_epoch",
+    "monitor_rhat",
+    "monitor_ess_bulk",
+    "monitor_num_stuck",
+    "monitor_ok",
+    "monitor_action",
+    "monitor_num_sweeps",
+    "monitor_num_chains",
 )
 
 
@@ -394,7 +429,17 @@ def _append(history: FitHistory, row: dict) -> FitHistory:
             else:
                 raise ValueError(f"history field {field} changed shape: {old.shape} {new.shape}")
         out[field] = np.concatenate([old, new])
-    return FitHistory(**out, eval_metric_name=history.eval_metric_name)
+    return history._replace(**out)
+
+
+def _append_monitor(history: FitHistory, row: dict) -> FitHistory:
+    out = {}
+    for field in _MONITOR_ARRAYS:
+        old = getattr(history, field)
+        new = np.asarray(row[field])
+        new = new.astype(old.dtype if old.dtype.kind != "U" else new.dtype)[None]
+        out[field] = np.concatenate([old, new])
+    return history._replace(**out)
 
 
 def _save_checkpoint(
@@ -410,7 +455,7 @@ def _save_checkpoint(
         arrays[f"opt/{i}"] = np.asarray(leaf)
     for i, leaf in enumerate(chain_leaves):
         arrays[f"chains/{i}"] = np.asarray(leaf)
-    for field in _HISTORY_ARRAYS:
+    for field in _HISTORY_ARRAYS + _MONITOR_ARRAYS:
         arrays[f"history/{field}"] = getattr(history, field)
     key_data, key_impl = _key_data(key)
     arrays["rng_key"] = key_data
@@ -456,6 +501,10 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         history = FitHistory(
             **{f: arrays[f"history/{f}"] for f in _HISTORY_ARRAYS},
             eval_metric_name=str(meta["eval_metric_name"]),
+        )
+        # Checkpoints written before the monitor existed have no monitor rows.
+        history = history._replace(
+            **{f: arrays[f"history/{f}"] for f in _MONITOR_ARRAYS if f"history/{f}" in arrays}
         )
         key = _key_from(arrays["rng_key"], str(meta["rng_key_impl"]))
         epoch = int(meta["epoch"])
@@ -573,6 +622,7 @@ def fit(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 1,
     progress_bar: bool = True,
+    monitor: Monitor | None = None,
 ) -> tuple[EnergyBasedDistribution, FitHistory]:
     r"""Fit an energy-based distribution to data by stochastic maximum likelihood.
 
@@ -645,6 +695,12 @@ def fit(
         Epochs between checkpoints (default 1).
     progress_bar : bool
         Show a tqdm bar over epochs with the latest loss and evaluation.
+    monitor : numpyro_ebm.diagnostics.Monitor, optional
+        Diagnose the estimator's chains every ``monitor.every`` epochs (R-hat of their
+        energy and mean activation over ``monitor.num_draws`` extra steps on a copy of the
+        chains, so training is unchanged) and act when they mix poorly: warn, raise
+        :class:`~numpyro_ebm.diagnostics.MixingError`, or double the estimator's sweeps or
+        chains. The diagnoses are kept in ``history.monitor_*``.
 
     Returns
     -------
@@ -731,6 +787,13 @@ def fit(
             "estimator must have init(rng_key, distribution, data) and step(rng_key, state, "
             f"distribution, data) methods (CD, PCD, ParallelTempering); got {estimator!r}."
         )
+    if monitor is not None:
+        if not isinstance(monitor, Monitor):
+            raise ValueError(
+                "monitor must be a numpyro_ebm.diagnostics.Monitor, e.g. Monitor(every=10); "
+                f"got {type(monitor).__name__}."
+            )
+        monitor.check_estimator(estimator)
     if optimizer is None:
         optimizer = default_optimizer(num_epochs * num_batches)
     if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
@@ -773,7 +836,6 @@ def fit(
                 checkpoint, [ckpt.params[n] for n in names], {n: u[n] for n in names}, "parameter"
             )
             opt_state = _restore(checkpoint, ckpt.opt_leaves, opt_state, "optimizer state")
-            est_state = _restore(checkpoint, ckpt.chain_leaves, est_state, "estimator state")
             if ckpt.history.eval_metric_name != eval_mode and len(ckpt.history.epoch):
                 raise ValueError(
                     f"checkpoint {checkpoint} was written by a run evaluated with "
@@ -781,6 +843,16 @@ def fit(
                     f"{eval_mode or 'no eval_data'}. Resume with the same eval_data."
                 )
             history = ckpt.history
+            if len(history.monitor_epoch):
+                # A monitor may have grown the estimator: its chains are the grown ones.
+                grown = _configured(
+                    estimator, history.monitor_num_sweeps[-1], history.monitor_num_chains[-1]
+                )
+                if grown != estimator:
+                    estimator = grown
+                    est_state = _strong(
+                        estimator.init(key_init, init_dist, data.astype(template.chain_dtype))
+                    )
             start_epoch = ckpt.epoch
             if _key_data(ckpt.rng_key)[0].tolist() != _key_data(rng_key)[0].tolist():
                 warnings.warn(
@@ -788,12 +860,15 @@ def fit(
                     "rng_key passed now.",
                     stacklevel=2,
                 )
+            est_state = _restore(checkpoint, ckpt.chain_leaves, est_state, "estimator state")
             rng_key = ckpt.rng_key
             key_init, key_train, key_eval = random.split(rng_key, 3)
 
     run_epoch, run_eval = _make_epoch(
         param, estimator, optimizer, batch_size, num_batches, eval_mode
     )
+    key_monitor = random.fold_in(rng_key, _MONITOR_STREAM)
+    monitor_batch = data[:batch_size].astype(template.chain_dtype)
 
     def current(u):
         return _with_parameters(template, _to_constrained(param, u))
@@ -865,9 +940,80 @@ def fit(
                     "wall_time": time.perf_counter() - start,
                 },
             )
-            if epoch % checkpoint_every == 0 or epoch == num_epochs:
+            mixing = None
+            if monitor is not None and epoch % monitor.every == 0:
+                key_diagnose, key_grow = random.split(random.fold_in(key_monitor, epoch))
+                mixing, _ = diagnose(
+                    key_diagnose,
+                    estimator,
+                    est_state,
+                    current(u),
+                    monitor_batch,
+                    num_draws=monitor.num_draws,
+                    rhat_threshold=monitor.rhat_threshold,
+                    min_chains=monitor.min_chains,
+                )
+                action = "" if mixing.ok else monitor.action
+                if action in ("add_sweeps", "add_chains"):
+                    estimator, est_state, taken = monitor.grow(
+                        key_grow,
+                        estimator,
+                        est_state,
+                        current(u),
+                        data.astype(template.chain_dtype),
+                    )
+                    if taken:
+                        est_state = _strong(est_state)
+                        run_epoch, run_eval = _make_epoch(
+                            param, estimator, optimizer, batch_size, num_batches, eval_mode
+                        )
+                    else:
+                        action = "warn"  # at the cap: nothing left to grow
+                sweeps, chains = _estimator_config(estimator)
+                history = _append_monitor(
+                    history,
+                    {
+                        "monitor_epoch": epoch,
+                        "monitor_rhat": mixing.rhat,
+                        "monitor_ess_bulk": mixing.ess_bulk,
+                        "monitor_num_stuck": mixing.num_stuck,
+                        "monitor_ok": mixing.ok,
+                        "monitor_action": action,
+                        "monitor_num_sweeps": sweeps,
+                        "monitor_num_chains": chains,
+                    },
+                )
+                if action in ("warn", "add_sweeps", "add_chains"):
+                    what = {
+                        "warn": "",
+                        "add_sweeps": f" Sweeps per update raised to {sweeps}.",
+                        "add_chains": f" Chains raised to {chains}.",
+                    }[action]
+                    warnings.warn(
+                        f"the negative-phase chains mix poorly after epoch {epoch}:\n{mixing}"
+                        f"\n{what}",
+                        MixingWarning,
+                        stacklevel=2,
+                    )
+            if (
+                epoch % checkpoint_every == 0
+                or epoch == num_epochs
+                or (mixing is not None and not mixing.ok and monitor.action == "raise")
+            ):
                 save(epoch, u, opt_state, est_state, history)
                 saved_epoch = epoch
+            if mixing is not None and not mixing.ok and monitor.action == "raise":
+                raise MixingError(
+                    f"the negative-phase chains mix poorly after epoch {epoch}:\n{mixing}\n"
+                    "Run more sweeps per update (estimator=PCD(num_sweeps=5)), more chains, "
+                    "parallel tempering (estimator=ParallelTempering()) for multimodal models, "
+                    "or a lower learning rate; Monitor(action='add_sweeps') does the first "
+                    "automatically.",
+                    mixing,
+                    current(u),
+                    history,
+                    epoch,
+                )
             postfix = {"loss": f"{float(summary['loss']):.4g}"}
             if not np.all(np.isnan(metric)):
                 postfix[eval_mode or "eval"] = f"{float(np.mean(metric)):.4g}"
@@ -886,6 +1032,27 @@ def fit(
     finally:
         bar.close()
     return current(u), history
+
+
+#: Stream of the monitor's keys, folded into the run's key (the other streams are unchanged,
+#: so a run with a monitor trains exactly as one without).
+_MONITOR_STREAM = 0x6D6F6E
+
+
+def _estimator_config(estimator) -> tuple[int, int]:
+    return int(getattr(estimator, "num_sweeps", -1)), int(getattr(estimator, "num_chains", -1))
+
+
+def _configured(estimator, num_sweeps, num_chains):
+    """``estimator`` with the sweeps and chains a monitor recorded (-1: field absent)."""
+    if not dataclasses.is_dataclass(estimator):
+        return estimator
+    changes = {}
+    if int(num_sweeps) > 0 and hasattr(estimator, "num_sweeps"):
+        changes["num_sweeps"] = int(num_sweeps)
+    if int(num_chains) > 0 and hasattr(estimator, "num_chains"):
+        changes["num_chains"] = int(num_chains)
+    return dataclasses.replace(estimator, **changes) if changes else estimator
 
 
 def _strong(tree):

@@ -7,7 +7,13 @@ import pytest
 from helpers import chi_square_pvalue, state_codes
 
 from numpyro_ebm import BernoulliRBM, all_states
-from numpyro_ebm.infer import CD, PCD, ParallelTempering
+from numpyro_ebm.infer import (
+    CD,
+    PCD,
+    GibbsTransition,
+    HiddenGibbsTransition,
+    ParallelTempering,
+)
 
 NUM_VISIBLE, NUM_HIDDEN = 6, 4
 
@@ -21,9 +27,7 @@ def make_rbm(scale=1.5, seed=0):
     )
 
 
-DATA = jnp.asarray(
-    [[1, 1, 0, 0, 1, 0], [0, 1, 1, 0, 0, 1], [1, 0, 0, 1, 1, 1], [0, 0, 1, 1, 0, 0]]
-)
+DATA = jnp.asarray([[1, 1, 0, 0, 1, 0], [0, 1, 1, 0, 0, 1], [1, 0, 0, 1, 1, 1], [0, 0, 1, 1, 0, 0]])
 
 
 def loss_fn(params, samples=None):
@@ -157,3 +161,94 @@ def test_estimators_are_static_under_jit():
     samples, state, info = step(jax.random.key(1), state, rbm)
     assert samples.shape == (8, NUM_VISIBLE) and int(state.step) == 1
     assert hash(pcd) == hash(PCD(num_chains=8))
+
+
+def test_hidden_gibbs_transition_is_exactly_stationary():
+    """The transition's chain state is (v, h); one step draws v ~ p(v | h), then
+    h ~ p(h | v). Its transition matrix over all joint states, built from the model's
+    conditionals at beta = 0.7 (in float64 NumPy), leaves the tempered joint exactly invariant
+    (no Monte Carlo)."""
+    rbm = BernoulliRBM(
+        jnp.asarray([[1.2, -0.7], [0.4, 0.9], [-1.1, 0.3]]),
+        jnp.asarray([0.2, -0.5, 0.1]),
+        jnp.asarray([0.3, -0.2]),
+    )
+    beta = 0.7
+    vs = np.asarray(all_states(BernoulliRBM(jnp.zeros((3, 1)))), np.float64)  # 8 x 3
+    hs = np.asarray(all_states(BernoulliRBM(jnp.zeros((2, 1)))), np.float64)  # 4 x 2
+    w, b, c = (np.asarray(p) for p in (rbm.weights, rbm.visible_bias, rbm.hidden_bias))
+
+    def bern(x, logits):
+        p = 1 / (1 + np.exp(-beta * logits))
+        return np.prod(np.where(x == 1, p, 1 - p), -1)
+
+    p_v_given_h = np.stack([bern(vs, b + w @ h) for h in hs])  # (h, v')
+    p_h_given_v = np.stack([bern(hs, c + v @ w) for v in vs])  # (v', h')
+    # T[(v, h), (v', h')] = p(v' | h) p(h' | v'), independent of v.
+    t = np.einsum("hv,vk->hvk", p_v_given_h, p_h_given_v)  # (h, v', h')
+    t = np.broadcast_to(t.reshape(4, 32)[None], (8, 4, 32)).reshape(32, 32)
+    joint = np.exp(
+        beta * (np.einsum("vi,ij,hj->vh", vs, w, hs) + (vs @ b)[:, None] + (hs @ c)[None, :])
+    ).reshape(32)
+    joint /= joint.sum()
+    np.testing.assert_allclose(joint @ t, joint, rtol=1e-12, atol=1e-15)
+    # The transition computes the same conditionals: one step from every (v, h) state, many
+    # times, matches row (v, h) -> v' of T marginally (chi-square, p > 1e-3).
+    from numpyro_ebm.infer import HiddenGibbsState
+
+    tr = HiddenGibbsTransition()
+    h0 = jnp.broadcast_to(jnp.asarray(hs[2]), (20000, 2))
+    state = HiddenGibbsState(jnp.zeros((20000, 3)), h0)
+    new = tr.step(jax.random.key(0), state, rbm, beta)
+    codes = state_codes(np.asarray(new.visible), rbm.support_values)
+    assert chi_square_pvalue(codes, p_v_given_h[2]) > 1e-3
+
+
+def test_hidden_gibbs_transition_saves_a_matrix_product_under_fit():
+    """A PCD-1 update with the carried hidden layer costs five matrix products (positive
+    phase, v | h, h | v shared with the negative phase's free energy, two outer products):
+    one fewer than GibbsTransition, counted in the compiled program of one epoch."""
+    import re
+
+    import optax
+
+    from numpyro_ebm import train
+
+    rbm = BernoulliRBM(0.01 * jax.random.normal(jax.random.key(0), (48, 24)))
+    data = (jax.random.uniform(jax.random.key(1), (64, 48)) < 0.3).astype(jnp.float32)
+    counts = {}
+    for tr in (GibbsTransition(), HiddenGibbsTransition()):
+        est = PCD(num_chains=16, transition=tr)
+        param = train._parameterization(rbm)
+        u = train._to_unconstrained(param, train._trainable(rbm))
+        opt = optax.sgd(0.1)
+        run_epoch, _ = train._make_epoch(param, est, opt, 16, 4, "")
+        args = (
+            u,
+            opt.init(u),
+            est.init(jax.random.key(2), rbm, data),
+            rbm,
+            data,
+            jax.random.key(3),
+        )
+        hlo = run_epoch.lower(*args).compile().as_text()
+        counts[type(tr).__name__] = len(re.findall(r"\bdot\(", hlo))
+    assert counts == {"GibbsTransition": 6, "HiddenGibbsTransition": 5}, counts
+
+
+def test_hidden_gibbs_transition_gradient_and_refusals():
+    """PCD with the carried hidden layer: the same Monte Carlo check as the other estimators
+    (5 standard errors over 24 entries); parallel tempering and other families refuse it."""
+    rbm = make_rbm()
+    exact = exact_grad(rbm)
+    grad, per_sample, _ = estimate(
+        PCD(num_chains=4000, transition=HiddenGibbsTransition()), rbm, num_steps=200
+    )
+    assert jnp.max(jnp.abs(zscores(grad, exact, per_sample))) < 5
+    with pytest.raises(ValueError, match="cannot be exchanged"):
+        ParallelTempering(transition=HiddenGibbsTransition())
+    from numpyro_ebm import BoltzmannMachine
+
+    bm = BoltzmannMachine(jnp.zeros((3, 3)), jnp.zeros(3))
+    with pytest.raises(ValueError, match="BernoulliRBM chains only"):
+        PCD(num_chains=2, transition=HiddenGibbsTransition()).init(jax.random.key(0), bm)

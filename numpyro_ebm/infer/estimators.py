@@ -39,7 +39,7 @@ import jax.numpy as jnp
 from jax import lax, random
 
 from numpyro_ebm.distributions.base import EnergyBasedDistribution
-from numpyro_ebm.infer.gibbs import GibbsTransition
+from numpyro_ebm.infer.gibbs import GibbsTransition, mean_activation
 
 __all__ = ["CD", "PCD", "EstimatorInfo", "EstimatorState", "ParallelTempering"]
 
@@ -65,10 +65,35 @@ class EstimatorState(NamedTuple):
 class EstimatorInfo(NamedTuple):
     """Cheap per-step summaries: mean energy of the returned samples and, for parallel
     tempering, the acceptance probability of each adjacent swap this step (NaN for pairs
-    not attempted)."""
+    not attempted).
+
+    Per chain (shape ``(num_chains,) + batch_shape``, the ``beta = 1`` replicas for parallel
+    tempering; for CD one chain per example of the batch): ``chain_energy`` (the free energy
+    for RBMs) and ``chain_mean_activation`` (mean of the units, the magnetization for Ising
+    spins); ``accept_prob`` and ``diverging`` of the last transition step when the transition
+    reports them (:class:`~numpyro_ebm.infer.RelaxedHMC`), else ``None``. See
+    :mod:`numpyro_ebm.diagnostics`.
+    """
 
     energy: jax.Array
     swap_rate: jax.Array
+    chain_energy: jax.Array | None = None
+    chain_mean_activation: jax.Array | None = None
+    accept_prob: jax.Array | None = None
+    diverging: jax.Array | None = None
+
+
+def _info(distribution, x, chains, swap_rate, replica=None) -> EstimatorInfo:
+    """Per-chain summaries of the samples ``x`` (chain state ``chains``; ``replica`` picks
+    the ``beta = 1`` replicas of a tempering ladder)."""
+    energy = distribution.energy(x)
+    accept = getattr(chains, "accept_prob", None)
+    diverging = getattr(chains, "diverging", None)
+    if replica is not None:
+        accept = None if accept is None else accept[replica]
+        diverging = None if diverging is None else diverging[replica]
+    activation = mean_activation(distribution, x)
+    return EstimatorInfo(jnp.mean(energy), swap_rate, energy, activation, accept, diverging)
 
 
 def _sweeps(rng_key, chains, distribution, num_sweeps, transition, beta=1.0):
@@ -126,7 +151,7 @@ class CD:
         chains = self.transition.init(key_init, distribution, _data_for(distribution, data))
         chains = _sweeps(key_run, chains, distribution, self.num_sweeps, self.transition)
         x = self.transition.position(chains)
-        info = EstimatorInfo(jnp.mean(distribution.energy(x)), _empty())
+        info = _info(distribution, x, chains, _empty())
         return x, state._replace(step=state.step + 1), info
 
 
@@ -163,7 +188,7 @@ class PCD:
         del data
         chains = _sweeps(rng_key, state.chains, distribution, self.num_sweeps, self.transition)
         x = self.transition.position(chains)
-        info = EstimatorInfo(jnp.mean(distribution.energy(x)), _empty())
+        info = _info(distribution, x, chains, _empty())
         return x, state._replace(chains=chains, step=state.step + 1), info
 
 
@@ -208,6 +233,12 @@ class ParallelTempering:
     def __post_init__(self):
         _check_positive("num_chains", self.num_chains)
         _check_positive("num_sweeps", self.num_sweeps)
+        if not getattr(self.transition, "exchangeable", True):
+            raise ValueError(
+                f"transition {type(self.transition).__name__} keeps state tied to one "
+                "temperature, so its replicas cannot be exchanged; use GibbsTransition() or "
+                "RelaxedHMC() with ParallelTempering."
+            )
         if self.betas is not None:
             betas = tuple(float(b) for b in self.betas)
             if betas[0] != 1.0 or any(b <= 0 for b in betas) or any(
@@ -254,7 +285,7 @@ class ParallelTempering:
         x = self.transition.position(chains)
         m = betas.shape[0]
         if m == 1:
-            info = EstimatorInfo(jnp.mean(distribution.energy(x[0])), _empty())
+            info = _info(distribution, x[0], chains, _empty(), replica=0)
             return x[0], state._replace(chains=chains, step=state.step + 1), info
         # u[k, l]: tempered energy of replica l at temperature k, for l in {k-1, k, k+1}.
         own = distribution.tempered_energy(x, betas)
@@ -295,7 +326,7 @@ class ParallelTempering:
             state.swap_accepts + accepts,
             state.swap_attempts + attempts,
         )
-        info = EstimatorInfo(jnp.mean(distribution.energy(x[0])), rate)
+        info = _info(distribution, x[0], chains, rate, replica=0)
         return x[0], new_state, info
 
     @staticmethod
