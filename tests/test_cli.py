@@ -11,12 +11,14 @@ from numpyro_ebm.cli import main
 
 def test_demo_writes_report_and_figures(tmp_path):
     out = tmp_path / "demo"
-    assert main(["demo", "--output", str(out), "--epochs", "3", "--num-draws", "60"]) == 0
+    assert main(["demo", "--output", str(out), "--epochs", "3", "--num-draws", "60",
+                 "--ais-temperatures", "300"]) == 0
     for name in ("report.txt", "samples.png", "chain.png", "data.png", "training.png",
                  "trace.png", "rank.png", "model.npz"):
         assert (out / name).stat().st_size > 0, name
     report = (out / "report.txt").read_text()
     assert "exact held-out log-likelihood" in report and "R-hat" in report
+    assert "AIS held-out log-likelihood: forward" in report and "AIS log Z" in report
     # A second run refuses to overwrite without asking (no TTY here).
     assert main(["demo", "--output", str(out), "--epochs", "1", "--num-draws", "10"]) == 2
 
@@ -30,7 +32,16 @@ def test_train_sample_logz_round_trip(tmp_path, capsys):
     assert main(["train", str(path), "--output", str(model), "--num-hidden", "3",
                  "--epochs", "2"]) == 0
     assert main(["logz", str(model)]) == 0
-    assert "exact log Z" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "exact log Z" in out
+    exact = float(out.split("=")[1])
+    # AIS on the same 6 x 3 model: the exact value lies inside its 95% interval (a miss
+    # would be a 1-in-20 event for a calibrated interval; this seed is fixed).
+    assert main(["logz", str(model), "--method", "ais", "--ais-temperatures", "200"]) == 0
+    out = capsys.readouterr().out
+    lo, hi = (float(v) for v in out.split("[")[1].split("]")[0].split(","))
+    assert "AIS log Z" in out and lo <= exact <= hi, (out, exact)
+    assert main(["logz", str(model), "--method", "ais", "--ais-temperatures", "1"]) == 2
     samples = tmp_path / "samples.npy"
     assert main(["sample", str(model), "--num-samples", "7", "--num-sweeps", "5",
                  "--output", str(samples)]) == 0

@@ -193,6 +193,18 @@ def test_reverse_ais_sharded_equals_unsharded():
     np.testing.assert_allclose(sharded.log_partition, plain.log_partition, rtol=1e-5)
 
 
+def test_forward_ais_with_a_mesh_equals_one_device():
+    """Forward AIS creates its chains itself; ``mesh=`` splits them over the devices. The
+    same draws, so the log weights agree to float32 rounding of the per-step sums (as
+    above)."""
+    rbm = make_rbm()
+    kwargs = {"schedule": "linear", "num_temperatures": 50, "num_chains": NUM_CHAINS}
+    plain = ais(jax.random.key(9), rbm, **kwargs)
+    sharded = ais(jax.random.key(9), rbm, mesh=chain_mesh(), **kwargs)
+    assert_on_all_devices(sharded.log_weights)
+    np.testing.assert_allclose(sharded.log_weights, plain.log_weights, rtol=1e-5, atol=1e-4)
+
+
 def test_uniforms_two_per_block_are_uniform_independent_and_shard_invariant():
     """The samplers' float32 uniforms (two per threefry block): the top 4 bits of the two
     uniforms of one block (units j and j + m/2) must be jointly uniform over 16 x 16 cells
