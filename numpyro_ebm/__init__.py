@@ -1,5 +1,6 @@
 """numpyro_ebm: energy-based models with intractable normalizers as NumPyro distributions."""
 
+from numpyro_ebm.diagnostics import MixingError, MixingWarning, Monitor
 from numpyro_ebm.distributions import (
     AUTO_EXACT_MAX_STATES,
     BernoulliRBM,
@@ -17,6 +18,7 @@ from numpyro_ebm.distributions import (
 )
 from numpyro_ebm.exact import all_states, exact_log_partition, exact_marginals
 from numpyro_ebm.handlers import negative_phase
+from numpyro_ebm.infer.ais import AISResult, ais, log_likelihood
 from numpyro_ebm.io import load, save
 from numpyro_ebm.train import FitHistory, TrainingDivergedError, fit
 
@@ -24,6 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AUTO_EXACT_MAX_STATES",
+    "AISResult",
     "BernoulliRBM",
     "BoltzmannMachine",
     "EnergyBasedDistribution",
@@ -35,15 +38,20 @@ __all__ = [
     "IsingModel",
     "LatentEnergyDistribution",
     "LogPartitionGradientError",
+    "MixingError",
+    "MixingWarning",
+    "Monitor",
     "PottsLattice",
     "PottsModel",
     "TrainingDivergedError",
     "__version__",
+    "ais",
     "all_states",
     "exact_log_partition",
     "exact_marginals",
     "fit",
     "load",
+    "log_likelihood",
     "negative_phase",
     "save",
 ]

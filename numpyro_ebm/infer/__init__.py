@@ -1,6 +1,7 @@
 """Samplers and negative-phase estimators for energy-based distributions."""
 
 from numpyro_ebm.infer import gibbs
+from numpyro_ebm.infer.ais import AISResult, LogLikelihoodResult, ais, log_likelihood
 from numpyro_ebm.infer.estimators import (
     CD,
     PCD,
@@ -14,7 +15,10 @@ from numpyro_ebm.infer.gibbs import (
     GibbsInfo,
     GibbsState,
     GibbsTransition,
+    HiddenGibbsState,
+    HiddenGibbsTransition,
 )
+from numpyro_ebm.infer.priors import EBMGibbs, EBMGibbsState, EBMSiteGibbs, EBMSiteState
 from numpyro_ebm.infer.relaxed_hmc import (
     RelaxedHMC,
     RelaxedHMCState,
@@ -25,17 +29,27 @@ from numpyro_ebm.infer.relaxed_hmc import (
 __all__ = [
     "CD",
     "PCD",
+    "AISResult",
     "BlockGibbs",
     "BlockGibbsState",
+    "EBMGibbs",
+    "EBMGibbsState",
+    "EBMSiteGibbs",
+    "EBMSiteState",
     "EstimatorInfo",
     "EstimatorState",
     "GibbsInfo",
     "GibbsState",
     "GibbsTransition",
+    "HiddenGibbsState",
+    "HiddenGibbsTransition",
+    "LogLikelihoodResult",
     "ParallelTempering",
     "RelaxedHMC",
     "RelaxedHMCState",
+    "ais",
     "gibbs",
+    "log_likelihood",
     "relaxation",
     "relaxed_log_partition",
 ]
