@@ -36,7 +36,14 @@ import optax
 from jax import lax, random
 from numpyro.distributions.transforms import biject_to
 
-from numpyro_ebm.diagnostics import QUANTITIES, MixingError, MixingWarning, Monitor, diagnose
+from numpyro_ebm.diagnostics import (
+    QUANTITIES,
+    MixingError,
+    MixingWarning,
+    Monitor,
+    _positive,
+    diagnose,
+)
 from numpyro_ebm.distributions.base import EnergyBasedDistribution
 from numpyro_ebm.distributions.constraints import symmetric_zero_diagonal
 from numpyro_ebm.exact import exact_log_partition
@@ -215,6 +222,7 @@ PROJECTIONS: dict[type, Callable[[Any, jax.Array], jax.Array]] = {
     type(symmetric_zero_diagonal): _project_symmetric_zero_diagonal,
 }
 
+
 #: Constraints used for training where a family declares a looser one than it enforces.
 #: PottsModel documents symmetric, zero-diagonal couplings (validated in its constructor)
 #: but declares them ``independent(real, 2)``.
@@ -384,12 +392,6 @@ def _check_data(name: str, distribution, data) -> jax.Array:
     if jnp.issubdtype(data.dtype, jnp.floating) and not bool(jnp.all(jnp.isfinite(data))):
         raise ValueError(f"{name} contains NaN or Inf; clean or impute it first.")
     return data
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or int(value) != value or int(value) < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}.")
-    return int(value)
 
 
 def _key_data(rng_key) -> tuple[np.ndarray, str]:
@@ -763,7 +765,7 @@ def fit(
         eval_data = _check_data("eval_data", distribution, eval_data)
     if batch_size is None:
         batch_size = min(DEFAULT_BATCH_SIZE, num_examples)
-    batch_size = _positive_int("batch_size", batch_size)
+    batch_size = _positive("batch_size", batch_size)
     if batch_size > num_examples:
         raise ValueError(
             f"batch_size must be at most the number of examples ({num_examples}); got {batch_size}."
@@ -771,9 +773,9 @@ def fit(
     num_batches = num_examples // batch_size
     if num_epochs is None:
         num_epochs = min(DEFAULT_MAX_EPOCHS, max(1, math.ceil(DEFAULT_NUM_UPDATES / num_batches)))
-    num_epochs = _positive_int("num_epochs", num_epochs)
-    eval_every = _positive_int("eval_every", eval_every)
-    checkpoint_every = _positive_int("checkpoint_every", checkpoint_every)
+    num_epochs = _positive("num_epochs", num_epochs)
+    eval_every = _positive("eval_every", eval_every)
+    checkpoint_every = _positive("checkpoint_every", checkpoint_every)
     if callable(callbacks):
         callbacks = (callbacks,)
     callbacks = tuple(callbacks)
