@@ -525,3 +525,143 @@ def test_log_prob_gradient_is_data_minus_model_statistics(x64):
 
     grad = jax.grad(log_p)(model.fields)
     np.testing.assert_allclose(grad, x - exact_marginals(model)[..., 1], atol=1e-12)
+
+
+# ---------------------------------------------------------------------- sublattice sweep
+def zero_temperature_checkerboard(spins, shape, periodic, coupling, field):
+    """A NumPy sweep at infinite beta (every site takes the sign of its local field), colour
+    by colour of ``lattice_coloring`` (the checkerboard, plus seam colours on odd periodic
+    sides): the reference for the site layout of the lattice sweeps, with neighbour sums
+    written from the bond definition independently of the library."""
+    s = np.array(spins, np.float64)
+    colours = lattice_coloring(shape, periodic)
+    d = len(shape)
+    for colour in np.unique(colours):
+        total = np.zeros_like(s)
+        for axis, size in enumerate(shape):
+            if size == 1:
+                continue
+            a = s.ndim - d + axis
+            for step in (1, -1):
+                neighbour = np.roll(s, -step, a)
+                if not periodic:
+                    edge = [slice(None)] * s.ndim
+                    edge[a] = -1 if step == 1 else 0
+                    neighbour[tuple(edge)] = 0
+                total += neighbour
+        s = np.where(colours == colour, np.sign(field + coupling * total), s)
+    return s
+
+
+@pytest.mark.parametrize(
+    ("shape", "periodic", "per_site", "chains"),
+    [
+        ((4, 6), True, False, 3),  # two colours, even last side: the sublattice sweep
+        ((6, 4), False, True, 2),
+        ((2, 4, 2), True, True, 2),
+        ((3, 2), False, False, 5),  # odd side, open: still two colours
+        ((2, 2), True, False, 4),  # periodic sides of 2: both neighbours the same site
+        ((5, 8), False, True, 1),
+        ((3, 3), True, False, 2),  # odd periodic sides: more colours, the masked sweep
+        ((4, 3), False, True, 2),  # odd last side: the masked sweep
+    ],
+)
+def test_lattice_sweep_layout_at_zero_temperature(shape, periodic, per_site, chains):
+    """At beta = 1e4 every conditional is exactly 0 or 1 in float32 (|local field| >= 0.05,
+    so |logit| >= 1000), so one sweep is deterministic: it must equal the NumPy reference
+    site for site, which checks the half-size colour layout and its neighbour sums."""
+    rng = np.random.default_rng(sum(shape) + 10 * periodic)
+    coupling = 0.3
+    # |h + 0.3 n| >= 0.05 for every integer n: h in [0.05, 0.25] or 0.1
+    field = rng.uniform(0.05, 0.25, size=shape) if per_site else 0.1
+    lat = IsingModel.lattice(shape, coupling, field, periodic)
+    spins = np.where(rng.uniform(size=(chains, *shape)) < 0.5, -1.0, 1.0).astype(np.float32)
+    out = np.asarray(jax.jit(lat.gibbs_sweep)(random.key(1), spins, 1e4))
+    expected = zero_temperature_checkerboard(spins, shape, periodic, coupling, field)
+    np.testing.assert_array_equal(out, expected)
+
+
+SUBLATTICE_CASES = {
+    "2x4_periodic": (lambda c: IsingModel.lattice((2, 4), c, 0.2), 0.6, 1.0),
+    "4x2_open_per_site_field_beta": (
+        lambda c: IsingModel.lattice(
+            (4, 2), c, np.linspace(-0.5, 0.5, 8, dtype=c.dtype).reshape(4, 2), False
+        ),
+        -0.5,
+        1.7,
+    ),
+    "2x2x2_periodic": (lambda c: IsingModel.lattice((2, 2, 2), c, -0.1), 0.35, 1.0),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SUBLATTICE_CASES))
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sublattice_sweep_matches_exact_kernel(x64, case, dtype):
+    """One sweep of NUM_CHAINS independent chains from a fixed state against the row of the
+    exact one-sweep kernel (chi-square, p > P_MIN), in float32 (uniforms two per threefry
+    block) and float64 (jax.random.uniform)."""
+    make, coupling, beta = SUBLATTICE_CASES[case]
+    model = make(np.asarray(coupling, dtype))
+    assert model.chain_dtype == dtype
+    transition = transition_matrix(model, beta)
+    states = all_states(model)
+    start = 37 % states.shape[0]
+    x = jnp.broadcast_to(states[start], (NUM_CHAINS, *model.event_shape))
+    out = jax.jit(model.gibbs_sweep)(random.key(12), x, beta)
+    assert out.dtype == dtype
+    codes = state_codes(np.asarray(out), model.support_values)
+    assert np.all(transition[start, codes] > 0), "a transition the kernel forbids"
+    assert chi_square_pvalue(codes, transition[start]) > P_MIN
+
+
+def test_sublattice_batched_couplings_and_per_chain_beta():
+    """float32, couplings of batch_shape (2,), half the chains at beta 0.5 and half at
+    1.5: after 60 sweeps each (chain half, batch member) matches exp(-beta E) of its own
+    lattice (chi-square, p > P_MIN; the exact kernels' second eigenvalues (transition_matrix)
+    are at most 0.79, so 60 sweeps leave a bias of order 0.79**60 < 1e-6)."""
+    couplings = np.array([0.25, -0.2], np.float32)
+    lattices = IsingModel.lattice((2, 4), couplings, 0.15)
+    betas = jnp.repeat(jnp.array([0.5, 1.5], jnp.float32), NUM_CHAINS)[:, None]
+
+    @jax.jit
+    def run(key):
+        key_init, key_run = random.split(key)
+        x = lattices.random_state(key_init, (2 * NUM_CHAINS,))
+
+        def body(x, k):
+            return lattices.gibbs_sweep(k, x, betas), None
+
+        return lax.scan(body, x, random.split(key_run, 60))[0]
+
+    out = np.asarray(run(random.key(9)))
+    assert out.shape == (2 * NUM_CHAINS, 2, 2, 4)
+    for half, beta in enumerate((0.5, 1.5)):
+        for b, coupling in enumerate(couplings):
+            single = IsingModel.lattice((2, 4), coupling, 0.15)
+            chunk = out[half * NUM_CHAINS : (half + 1) * NUM_CHAINS, b]
+            codes = state_codes(chunk, single.support_values)
+            assert chi_square_pvalue(codes, exact_probs(single, beta)) > P_MIN
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: IsingModel.lattice((2, 4), 0.6, 0.2),  # the sublattice sweep
+        lambda: IsingModel.lattice((3, 3), 0.6, 0.1),  # the masked sweep
+        sparse_bm,  # colour blocks
+        dense_ising,  # sequential scan
+    ],
+)
+def test_chains_from_beta_get_their_own_uniforms(make):
+    """One state and NUM_CHAINS inverse temperatures (all 1): the chains come from beta's
+    shape and must be independent draws from the row of the exact kernel (chi-square,
+    p > P_MIN); shared uniforms would make them all equal."""
+    model = make()
+    transition = transition_matrix(model, 1.0)
+    states = all_states(model)
+    start = 21 % states.shape[0]
+    betas = jnp.ones((NUM_CHAINS,), model.chain_dtype)
+    out = jax.jit(model.gibbs_sweep)(random.key(13), states[start], betas)
+    assert out.shape == (NUM_CHAINS, *model.event_shape)
+    codes = state_codes(np.asarray(out), model.support_values)
+    assert chi_square_pvalue(codes, transition[start]) > P_MIN

@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax, random
+from jax import lax
 from numpyro.distributions import constraints
 from numpyro.distributions.util import lazy_property
 
@@ -206,8 +206,10 @@ class _PairwiseBinary(EnergyBasedDistribution):
         dtype = self.chain_dtype
         low, high = (jnp.asarray(v, dtype) for v in self.support_values)
         x = jnp.asarray(value).astype(dtype)
-        x = jnp.broadcast_to(x, jnp.broadcast_shapes(x.shape, self.batch_shape + self.event_shape))
-        u = random.uniform(rng_key, x.shape, dtype)
+        # Every chain (also one per inverse temperature) gets its own state and uniforms.
+        target = (x.shape, self.batch_shape + self.event_shape, expand_beta(beta).shape)
+        x = jnp.broadcast_to(x, jnp.broadcast_shapes(*target))
+        u = uniform(rng_key, x.shape, dtype)  # two uniforms per threefry block in float32
         scale = expand_beta(jnp.asarray(beta, dtype)) * (high - low)
         coupling = self._effective_couplings().astype(dtype)
         fields = self.fields.astype(dtype)
@@ -534,8 +536,12 @@ class IsingLattice(IsingModel):
 
     The coupling is stored structurally (``O(1)`` memory, no ``N x N`` matrix) and a sweep is
     a checkerboard block-Gibbs update (:func:`~numpyro_ebm.distributions.coloring.
-    lattice_coloring`: 2 colours, more when a periodic side is odd), with neighbour sums from
-    ``jnp.roll`` (periodic) or zero-padded shifts (open).
+    lattice_coloring`: 2 colours, more when a periodic side is odd). With 2 colours and an
+    even last side the sweep keeps the colours as two half-size arrays, so each colour's
+    update computes neighbour sums, conditionals and uniforms for its own sites only (a
+    table of the few conditionals when the field is uniform); otherwise every colour
+    computes the conditionals of the whole lattice (``jnp.roll`` or zero-padded shifts)
+    and keeps its own sites'.
 
     Parameters
     ----------
@@ -768,12 +774,29 @@ class IsingLattice(IsingModel):
 
     def gibbs_sweep(self, rng_key: jax.Array, value: jax.Array, beta: Any = 1.0) -> jax.Array:
         """One checkerboard block-Gibbs sweep (colour by colour) at inverse temperature
-        ``beta``; each colour costs a few elementwise passes over the lattice."""
+        ``beta``.
+
+        With two colours and an even last side (the usual case), the sweep works on the
+        two colours stored as half-size arrays (:meth:`_sublattice_sweep`): each colour's
+        update computes fields and draws for only the sites it updates. Otherwise (odd
+        periodic sides, odd last side) each colour costs a few elementwise passes over the
+        whole lattice."""
+        dtype = self.chain_dtype
+        shape = self.event_shape
+        s = jnp.asarray(value).astype(dtype)
+        # Every chain (also one per inverse temperature) gets its own uniforms.
+        target = (s.shape, self.batch_shape + shape, expand_beta(beta, len(shape)).shape)
+        s = jnp.broadcast_to(s, jnp.broadcast_shapes(*target))
+        if shape[-1] % 2 == 0 and len(_lattice_color_codes(shape, self.periodic)) == 2:
+            return self._sublattice_sweep(rng_key, s, beta)
+        return self._masked_sweep(rng_key, s, beta)
+
+    def _masked_sweep(self, rng_key: jax.Array, s: jax.Array, beta: Any) -> jax.Array:
+        """The checkerboard sweep on the full lattice, any colouring: each colour computes
+        the conditionals of every site and keeps those of its own sites."""
         dtype = self.chain_dtype
         shape = self.event_shape
         d = len(shape)
-        s = jnp.asarray(value).astype(dtype)
-        s = jnp.broadcast_to(s, jnp.broadcast_shapes(s.shape, self.batch_shape + shape))
         u = uniform(rng_key, s.shape, dtype)  # two uniforms per threefry block in float32
         scale = 2 * expand_beta(jnp.asarray(beta, dtype), d)
         k = self._site_param(self.coupling.astype(dtype), False)
@@ -785,6 +808,99 @@ class IsingLattice(IsingModel):
             p = jax.nn.sigmoid(scale * (h + k * self._neighbour_sum(s)))
             s = jnp.where(codes == code, jnp.where(u < p, one, minus_one), s)
         return s
+
+    def _sublattice_sweep(self, rng_key: jax.Array, s: jax.Array, beta: Any) -> jax.Array:
+        """The checkerboard sweep of a two-colour lattice with an even last side, on the
+        colours stored apart.
+
+        Pairs of sites ``(2k, 2k + 1)`` along the last axis hold one site of each colour:
+        colour 0 (even coordinate sum) sits at ``2k + q``, with ``q`` the parity of the other
+        coordinates. With each colour stored as an array ``(..., m / 2)``, a site's
+        neighbours along the other axes are the other colour's entries at the same ``k`` in
+        the neighbouring slices, and along the last axis its entry ``k`` and the entry
+        ``k - 1`` (site at an even position) or ``k + 1`` (odd position). A colour's update
+        computes conditionals and uses uniforms for its own sites only (those of both
+        colours drawn in one call). With a uniform field the conditional is read off a
+        table of the few values the neighbour sum takes (integers in ``[-2d, 2d]``),
+        computed by the same formula as per site; the draw is ``uniform(...) < p`` either
+        way, as in :meth:`_masked_sweep`."""
+        dtype = self.chain_dtype
+        shape = self.event_shape
+        d = len(shape)
+        last = s.ndim - 1
+        half = shape[-1] // 2
+        # odd: the parity q of the coordinates other than the last, shape shape[:-1] + (1,)
+        grids = [lax.broadcasted_iota(jnp.int32, (*shape[:-1], 1), a) for a in range(d - 1)]
+        odd = (sum(grids) % 2) == 1
+
+        def split(x):  # (..., m) -> colour 0, colour 1, each (..., m / 2)
+            pairs = x.reshape((*x.shape[:-1], half, 2))
+            first, second = pairs[..., 0], pairs[..., 1]
+            return lax.optimization_barrier(
+                (jnp.where(odd, second, first), jnp.where(odd, first, second))
+            )
+
+        axes = [a for a in range(s.ndim - d, last) if s.shape[a] > 1] + [last]
+
+        def neighbour_sum(other, at_odd):
+            """The sum of the neighbours of one colour's sites (at odd positions of their
+            pair where ``at_odd``) from the other colour's array, padded once by one slice
+            at both ends of every axis (wrapped or zeros) and materialized, so that the
+            neighbours are plain slices of it (``jnp.roll`` on each term costs more)."""
+            padded = other
+            for axis in axes:
+                if self.periodic:
+                    size = padded.shape[axis]
+                    edges = (
+                        lax.slice_in_dim(padded, size - 1, size, axis=axis),
+                        padded,
+                        lax.slice_in_dim(padded, 0, 1, axis=axis),
+                    )
+                    padded = jnp.concatenate(edges, axis)
+                else:
+                    config = [(0, 0, 0)] * padded.ndim
+                    config[axis] = (1, 1, 0)
+                    padded = lax.pad(padded, jnp.zeros((), padded.dtype), config)
+            padded = lax.optimization_barrier(padded)
+
+            def window(offsets):
+                out = padded
+                for axis in axes:
+                    start = 1 + offsets.get(axis, 0)
+                    out = lax.slice_in_dim(out, start, start + other.shape[axis], axis=axis)
+                return out
+
+            total = window({}) + jnp.where(at_odd, window({last: 1}), window({last: -1}))
+            for axis in axes[:-1]:
+                total = total + window({axis: 1}) + window({axis: -1})
+            return total
+
+        scale = 2 * expand_beta(jnp.asarray(beta, dtype), d)
+        k = self._site_param(self.coupling.astype(dtype), False)
+        field = self.field.astype(dtype)
+        if self._field_per_site:
+            fields = split(jnp.broadcast_to(field, field.shape[: field.ndim - d] + shape))
+        # The values of the neighbour sum: 2 terms per axis with bonds (the same site twice
+        # on a periodic side of 2), all of one parity on periodic lattices.
+        reach = 2 * (len(axes))
+        values = range(-reach, reach + 1, 2 if self.periodic else 1)
+        colours = list(split(s))
+        uniforms = uniform(rng_key, (2, *colours[0].shape), dtype)
+        one, minus_one = jnp.ones((), dtype), -jnp.ones((), dtype)
+        for colour in (0, 1):
+            nb = neighbour_sum(colours[1 - colour], odd if colour == 0 else ~odd)
+            if self._field_per_site:
+                p = jax.nn.sigmoid(scale * (fields[colour] + k * nb))
+            else:
+                h = self._site_param(field, False)
+                p = None
+                for v in values:
+                    p_v = jax.nn.sigmoid(scale * (h + k * v))
+                    p = p_v if p is None else jnp.where(nb == v, p_v, p)
+            colours[colour] = jnp.where(uniforms[colour] < p, one, minus_one)
+        first = jnp.where(odd, colours[1], colours[0])
+        second = jnp.where(odd, colours[0], colours[1])
+        return jnp.stack([first, second], -1).reshape(s.shape)
 
     # ------------------------------------------------------------------ enumeration
     def _enumeration(self) -> Enumeration:

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax, random
+from jax import lax
 from numpyro.distributions import constraints
 
 from numpyro_ebm.distributions.base import (
@@ -36,7 +36,7 @@ from numpyro_ebm.distributions.constraints import (
     check_symmetric_zero_diagonal,
     symmetric_zero_diagonal,
 )
-from numpyro_ebm.distributions.rbm import as_float, batch_shape_of, expand_beta
+from numpyro_ebm.distributions.rbm import as_float, batch_shape_of, expand_beta, uniform
 
 __all__ = ["PottsLattice", "PottsModel", "categorical_draw", "one_hot"]
 
@@ -401,13 +401,16 @@ class PottsModel(EnergyBasedDistribution):
         couplings = self._effective_couplings()
         blocks = self.update_blocks
         if len(blocks) <= MAX_UNROLLED_COLORS:
-            u = random.uniform(rng_key, (n, *lead), dtype)
+            # Units last when drawn, so that uniform pairs the two words of a threefry
+            # block within a chain (chains stay independent of how they are sharded).
+            u = jnp.moveaxis(uniform(rng_key, (*lead, n), dtype), -1, 0)
             for block in blocks:
                 idx = np.asarray(block, dtype=np.int32)
                 onehot = self._block_update(couplings, onehot, idx, u[idx], beta, lead)
         else:
             chunks = _padded_chunks(blocks, n)
-            u = random.uniform(rng_key, chunks.shape + lead, dtype)
+            u = uniform(rng_key, lead + chunks.shape, dtype)
+            u = jnp.moveaxis(u, (len(lead), len(lead) + 1), (0, 1))
 
             def body(onehot, inputs):
                 idx, u_chunk = inputs
@@ -703,7 +706,7 @@ class PottsLattice(PottsModel):
         x = jnp.asarray(value).astype(dtype)
         lead = jnp.broadcast_shapes(x.shape[: x.ndim - d], self.batch_shape, beta.shape)
         x = jnp.broadcast_to(x, lead + self.event_shape)
-        u = random.uniform(rng_key, x.shape, dtype)
+        u = uniform(rng_key, x.shape, dtype)  # two uniforms per threefry block in float32
         raw = self._raw_color_codes()
         for code in _lattice_color_codes(self.event_shape, self.periodic):  # colour order
             if self.num_states <= _MAX_UNROLLED_STATES:
