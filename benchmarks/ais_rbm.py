@@ -29,6 +29,7 @@ Each row is timed once (the workloads are long; rows that include compilation sa
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import resource
 
@@ -109,6 +110,11 @@ def timed(fn):
     return out, seconds, others
 
 
+def render(data: dict) -> dict[str, str]:
+    """The markdown table of a run from the JSON that ``--json`` writes."""
+    return {"rows": markdown_table(data["rows"])}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--fit-epochs", type=int, default=5)
@@ -119,7 +125,18 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ising-long-temperatures", type=int, default=4000)
     parser.add_argument("--json", default=None, help="write the rows to this JSON file")
+    parser.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print the tables of the JSON file given by --json (no measurement)",
+    )
     args = parser.parse_args()
+    if args.markdown:
+        if not args.json:
+            parser.error("--markdown renders the file given by --json PATH; pass both")
+        with open(args.json) as f:
+            print("\n\n".join(render(json.load(f)).values()))
+        return
 
     info = machine_info()
     print(describe_machine(info), flush=True)

@@ -34,6 +34,7 @@ Run: ``python benchmarks/estimators_digits.py [--budget 20] [--seeds 2] [--json 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 import warnings
@@ -185,12 +186,28 @@ def within(snapshots, budget):
 
 
 # ---------------------------------------------------------------------- main
+def render(data: dict) -> dict[str, str]:
+    """The markdown table of a run from the JSON that ``--json`` writes."""
+    return {"rows": markdown_table(data["rows"])}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budget", type=float, default=20.0, help="seconds per run")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--json", default=None, help="write the rows to this JSON file")
+    parser.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print the tables of the JSON file given by --json (no measurement)",
+    )
     args = parser.parse_args()
+    if args.markdown:
+        if not args.json:
+            parser.error("--markdown renders the file given by --json PATH; pass both")
+        with open(args.json) as f:
+            print("\n\n".join(render(json.load(f)).values()))
+        return
 
     train, test = load_data()
     num_batches = train.shape[0] // BATCH_SIZE

@@ -39,6 +39,7 @@ Run: ``python benchmarks/pcd_mnist.py [--repeats 10] [--json pcd_mnist.json]``
 from __future__ import annotations
 
 import argparse
+import json
 import warnings
 
 import jax
@@ -397,6 +398,12 @@ def quality_rows(images, learning_rate, seeds):
 
 
 # ---------------------------------------------------------------------- main
+def render(data: dict) -> dict[str, str]:
+    """The markdown tables of a run from the JSON that ``--json`` writes: the epoch
+    timings and the held-out quality."""
+    return {"timings": markdown_table(data["timings"]), "quality": markdown_table(data["quality"])}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=10, help="interleaved timing rounds")
@@ -404,7 +411,18 @@ def main():
     parser.add_argument("--learning-rate", type=float, default=0.1)
     parser.add_argument("--quality-seeds", type=int, default=5)
     parser.add_argument("--json", default=None, help="write the rows to this JSON file")
+    parser.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print the tables of the JSON file given by --json (no measurement)",
+    )
     args = parser.parse_args()
+    if args.markdown:
+        if not args.json:
+            parser.error("--markdown renders the file given by --json PATH; pass both")
+        with open(args.json) as f:
+            print("\n\n".join(render(json.load(f)).values()))
+        return
 
     images = load_mnist()
     num_visible = images.shape[1]

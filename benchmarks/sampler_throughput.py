@@ -19,10 +19,19 @@ RBM, 784 visible x 500 hidden, 100 and 1,000 chains (``BernoulliRBM.gibbs_sweep`
   the roofline's time over the row's time.
 
 Ising, 256 x 256 and 1,024 x 1,024 periodic lattices at the critical coupling, one
-lattice (``IsingLattice.gibbs_sweep``: checkerboard, both colours per sweep), against a
-vectorized NumPy checkerboard written below (float32, ``np.roll`` neighbour sums, one
-``Generator.random`` draw per site and sweep, PCG64) and the library's sweep with
-``jax.random.uniform``. Updates per second count every site once per sweep.
+lattice (``IsingLattice.gibbs_sweep``: checkerboard, both colours per sweep, on the two
+colours stored as half-size arrays), against a vectorized NumPy checkerboard written below
+(float32, ``np.roll`` neighbour sums, one ``Generator.random`` draw per site and sweep,
+PCG64), the library's previous sweep (``IsingLattice._masked_sweep``: every colour computes
+the conditionals of all sites and keeps its own, still used for odd periodic sides) and the
+library's sweep with ``jax.random.uniform``. Updates per second count every site once per
+sweep.
+
+Other samplers, uniforms two per threefry block against ``jax.random.uniform``: a dense
+64-unit ``BoltzmannMachine`` (couplings N(0, 0.1^2): one unit per colour, the sequential
+``lax.scan`` sweep) and a ring of 64 units (two colours, one matrix product per colour),
+each with 1,000 chains, and a 3-state ``PottsModel.lattice`` of 256 x 256 sites (one
+chain).
 
 Ratios ("of roofline", "vs NumPy", speed-ups) are medians over rounds of the ratio of the
 two measurements taken in the same round, which drifts less than a ratio of medians when the
@@ -39,13 +48,15 @@ memory: the compiled programs' own estimate (``memory_analysis``: arguments, out
 temporaries) and the process's peak resident set size.
 
 Run: ``python benchmarks/sampler_throughput.py [--repeats 7] [--json throughput.json]``
-(about 3 minutes on 2 CPU cores).
+(about 3 minutes on 2 CPU cores); ``--markdown`` with ``--json PATH`` prints the tables of
+an earlier run's JSON (:func:`render`) without measuring.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import resource
 
@@ -63,8 +74,9 @@ from common import (
 from jax import lax, random
 
 import numpyro_ebm.distributions.boltzmann as boltzmann_module
+import numpyro_ebm.distributions.potts as potts_module
 import numpyro_ebm.distributions.rbm as rbm_module
-from numpyro_ebm import BernoulliRBM, IsingModel
+from numpyro_ebm import BernoulliRBM, BoltzmannMachine, IsingModel, PottsModel
 from numpyro_ebm.sharding import shard_chains
 
 NUM_VISIBLE, NUM_HIDDEN = 784, 500
@@ -72,21 +84,27 @@ K_CRITICAL = 0.5 * math.log(1 + math.sqrt(2))  # sinh(2 K) = 1
 LIBRARY_RBM = "numpyro_ebm gibbs_sweep"
 ROOFLINE = "matmul roofline (v W, h W^T only)"
 NUMPY_ISING = "NumPy vectorized checkerboard (float32, PCG64)"
+LIBRARY_ISING = "numpyro_ebm IsingLattice.gibbs_sweep"
+PLAIN_UNIFORM = "with jax.random.uniform (before)"
+LIBRARY_OTHER = "numpyro_ebm gibbs_sweep"
 
 
 @contextlib.contextmanager
 def jax_random_uniform():
     """Trace the library's sweeps with ``jax.random.uniform`` (the code before this change)."""
-    saved = rbm_module.uniform, boltzmann_module.uniform
+    modules = (rbm_module, boltzmann_module, potts_module)
+    saved = [m.uniform for m in modules]
 
     def plain(rng_key, shape, dtype):
         return random.uniform(rng_key, shape, dtype)
 
-    rbm_module.uniform = boltzmann_module.uniform = plain
+    for m in modules:
+        m.uniform = plain
     try:
         yield
     finally:
-        rbm_module.uniform, boltzmann_module.uniform = saved
+        for m, f in zip(modules, saved, strict=True):
+            m.uniform = f
 
 
 def compiled_scan(sweep, x0, num_sweeps):
@@ -189,11 +207,15 @@ def ising_variants(side: int, jax_sweeps: int, numpy_sweeps: int):
     lattice = IsingModel.lattice((side, side), coupling=K_CRITICAL)
     s0 = lattice.random_state(random.key(2), (1,))
     library, mem = compiled_scan(lattice.gibbs_sweep, s0, jax_sweeps)
+    masked, masked_mem = compiled_scan(
+        lambda key, s: lattice._masked_sweep(key, s, 1.0), s0, jax_sweeps
+    )
     with jax_random_uniform():
-        previous, _ = compiled_scan(lattice.gibbs_sweep, s0, jax_sweeps)
+        plain, _ = compiled_scan(lattice.gibbs_sweep, s0, jax_sweeps)
     return {
-        "numpyro_ebm IsingLattice.gibbs_sweep": (library, mem, jax_sweeps),
-        "gibbs_sweep with jax.random.uniform (before)": (previous, float("nan"), jax_sweeps),
+        LIBRARY_ISING: (library, mem, jax_sweeps),
+        "whole-lattice masked sweep (the previous gibbs_sweep)": (masked, masked_mem, jax_sweeps),
+        f"gibbs_sweep {PLAIN_UNIFORM}": (plain, float("nan"), jax_sweeps),
         NUMPY_ISING: (
             numpy_checkerboard(side, numpy_sweeps),
             float("nan"),
@@ -202,11 +224,69 @@ def ising_variants(side: int, jax_sweeps: int, numpy_sweeps: int):
     }
 
 
+# ---------------------------------------------------------------------- other samplers
+def other_variants():
+    """Dense BM (sequential scan) and Potts lattice sweeps, with the library's uniforms and
+    with ``jax.random.uniform``: ``{workload: {row: (callable, sweeps per call, units)}}``."""
+    k1, k2, k3 = random.split(random.key(3), 3)
+    n = 64
+    j = 0.1 * random.normal(k1, (n, n))
+    j = jnp.triu(j, 1) + jnp.triu(j, 1).T
+    bm = BoltzmannMachine(j, 0.1 * random.normal(k2, (n,)), coloring=np.arange(n))
+    ring = 0.3 * (jnp.roll(jnp.eye(n), 1, 0) + jnp.roll(jnp.eye(n), -1, 0))
+    ring_bm = BoltzmannMachine(ring, 0.1 * random.normal(k2, (n,)))  # 2 colours: 2 blocks
+    potts = PottsModel.lattice((256, 256), 3, 0.5, jnp.zeros(3))
+    out = {}
+    for name, model, chains, sweeps in (
+        (f"dense BM, {n} units (sequential scan), 1000 chains", bm, (1000,), 20),
+        (f"ring BM, {n} units (2 colour blocks), 1000 chains", ring_bm, (1000,), 20),
+        ("Potts lattice 256x256, q=3", potts, (1,), 10),
+    ):
+        x0 = model.random_state(k3, chains).astype(model.chain_dtype)
+        library, _ = compiled_scan(model.gibbs_sweep, x0, sweeps)
+        with jax_random_uniform():
+            plain, _ = compiled_scan(model.gibbs_sweep, x0, sweeps)
+        units = math.prod(chains) * math.prod(model.event_shape)
+        out[name] = {
+            LIBRARY_OTHER: (library, sweeps, units),
+            f"gibbs_sweep {PLAIN_UNIFORM}": (plain, sweeps, units),
+        }
+    return out
+
+
+def render(data: dict) -> dict[str, str]:
+    """The markdown of a run from the JSON that ``--json`` writes: RBM sweeps against the
+    roofline, Ising lattices against NumPy, the other samplers' uniforms, and the
+    programs' memory."""
+    memory = ", ".join(f"{m['MiB']:.3g} MiB ({m['program']})" for m in data["memory"])
+    return {
+        "rbm": markdown_table(data["rbm"]),
+        "ising": markdown_table(data["ising"]),
+        "other": markdown_table(data.get("other", [])),
+        "memory": (
+            f"Memory (the compiled programs' own estimate: arguments + outputs + temporaries): "
+            f"{memory}; the whole benchmark process peaked at {data['peak_rss_mib']:.0f} MiB "
+            f"resident."
+        ),
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=7, help="interleaved timing rounds")
     parser.add_argument("--json", default=None, help="write the rows to this JSON file")
+    parser.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print the tables of the JSON file given by --json (no measurement)",
+    )
     args = parser.parse_args()
+    if args.markdown:
+        if not args.json:
+            parser.error("--markdown renders the file given by --json PATH; pass both")
+        with open(args.json) as f:
+            print("\n\n".join(render(json.load(f)).values()))
+        return
 
     print("compiling ...", flush=True)
     # (workload, row) -> (callable, memory MiB, sweeps per call, units per sweep)
@@ -218,6 +298,9 @@ def main():
     for side, jax_sweeps, numpy_sweeps in ((256, 40, 10), (1024, 4, 1)):
         for row, (run, mem, sweeps) in ising_variants(side, jax_sweeps, numpy_sweeps).items():
             workloads[(f"Ising {side}x{side}", row)] = (run, mem, sweeps, side * side)
+    for name, rows in other_variants().items():
+        for row, (run, sweeps, units) in rows.items():
+            workloads[(name, row)] = (run, float("nan"), sweeps, units)
 
     samples = {key: [] for key in workloads}
     for r in range(args.repeats):
@@ -255,7 +338,7 @@ def main():
             ]
         )
 
-    rbm_table, ising_table = [], []
+    rbm_table, ising_table, other_table = [], [], []
     for r in rows:
         name, row = r["workload"], r["implementation"]
         if name.startswith("RBM"):
@@ -270,41 +353,48 @@ def main():
                     "others' CPU (median)": r["others' CPU (median)"],
                 }
             )
-        else:
+        elif name.startswith("Ising"):
             ising_table.append(
                 {
                     "lattice": name,
                     "sweep": row,
                     "M spin updates/s": r["sweeps/s"] * r["units"] / 1e6,
                     "vs NumPy": paired(name, row, NUMPY_ISING),
+                    "speed-up of the library's sweep over this row": 1
+                    / paired(name, row, LIBRARY_ISING),
+                    "others' CPU (median)": r["others' CPU (median)"],
+                }
+            )
+        else:
+            other_table.append(
+                {
+                    "workload": name,
+                    "sweep": row,
+                    "M unit updates/s": r["sweeps/s"] * r["units"] / 1e6,
+                    "speed-up of the library's sweep over this row": 1
+                    / paired(name, row, LIBRARY_OTHER),
                     "others' CPU (median)": r["others' CPU (median)"],
                 }
             )
     info = machine_info()
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB -> MiB
-    print("\n" + describe_machine(info) + "\n")
-    print(markdown_table(rbm_table))
-    print()
-    print(markdown_table(ising_table))
     memory = [
         {"program": f"{r['workload']}: {r['implementation']}", "MiB": r["program MiB"]}
         for r in rows
         if not math.isnan(r["program MiB"])
     ]
-    print()
-    print(markdown_table(memory))
-    print(f"\npeak resident set size of the whole run: {peak_rss:.0f} MiB")
-    write_json(
-        args.json,
-        {
-            "rows": rows,
-            "rbm": rbm_table,
-            "ising": ising_table,
-            "memory": memory,
-            "peak_rss_mib": peak_rss,
-            "samples": {f"{k[0]} | {k[1]}": v for k, v in samples.items()},
-        },
-    )
+    data = {
+        "rows": rows,
+        "rbm": rbm_table,
+        "ising": ising_table,
+        "other": other_table,
+        "memory": memory,
+        "peak_rss_mib": peak_rss,
+        "samples": {f"{k[0]} | {k[1]}": v for k, v in samples.items()},
+    }
+    print("\n" + describe_machine(info) + "\n")
+    print("\n\n".join(render(data).values()))
+    write_json(args.json, data)
 
 
 if __name__ == "__main__":
