@@ -9,10 +9,17 @@ import numpyro.distributions as dist
 import pytest
 from helpers import stationary_defect
 from numpyro.infer import MCMC, Predictive
+from numpyro.infer.gibbs import conditioned
 
-from numpyro_ebm import BernoulliRBM, IsingModel, PottsModel, all_states
+from numpyro_ebm import BernoulliRBM, BoltzmannMachine, IsingModel, PottsModel, all_states
 from numpyro_ebm.infer import EBMGibbs, EBMSiteGibbs
-from numpyro_ebm.infer.priors import gwg_flip_log_probs, unit_evidence
+from numpyro_ebm.infer.priors import (
+    _sum_log_probs,
+    _trace_at,
+    gwg_flip_log_probs,
+    per_unit_evidence,
+    unit_evidence,
+)
 
 # ---------------------------------------------------------------------------- models
 RBM = BernoulliRBM(
@@ -50,14 +57,55 @@ def mixing_ising_model(y=None):
     ising_model(y, MID_MIX)
 
 
+BM_COUPLINGS = 0.8 * jax.random.normal(jax.random.key(12), (6, 6))
+BM = BoltzmannMachine(
+    (BM_COUPLINGS + BM_COUPLINGS.T) * (1 - jnp.eye(6)),
+    0.3 * jax.random.normal(jax.random.key(13), (6,)),
+)
+BM_Y = jnp.asarray([1.1, -0.1, 0.9, 0.3, 0.6, 1.4])
+SMALL_RBM = BernoulliRBM(
+    jax.random.normal(jax.random.key(14), (4, 2)), jnp.asarray([0.3, -0.2, 0.1, 0.0])
+)
+PLATE_Y = jnp.asarray([[0.9, 0.1, 1.2, -0.2], [0.4, 0.8, 1.1, 0.0]])
+
+
+def bm_model(y=None):
+    v = numpyro.sample("v", BM)
+    mu = numpyro.sample("mu", dist.Normal(0.0, PRIOR_SCALE))
+    numpyro.sample("y", dist.Normal(v + mu, NOISE).to_event(1), obs=y)
+
+
+def plate_model(y=None):
+    with numpyro.plate("images", 2):  # two independent images, one prior
+        v = numpyro.sample("v", SMALL_RBM)
+    mu = numpyro.sample("mu", dist.Normal(0.0, PRIOR_SCALE))
+    numpyro.sample("y", dist.Normal(v + mu, NOISE).to_event(2), obs=y)
+
+
+class _PlatePrior:
+    """Two independent draws of SMALL_RBM, seen as one prior over 8 units (for enumeration)."""
+
+    @staticmethod
+    def states_and_log_prob():
+        states = np.asarray(all_states(SMALL_RBM), np.float64)
+        log_prob = np.asarray(SMALL_RBM.log_prob(all_states(SMALL_RBM)), np.float64)
+        joint = np.concatenate(
+            [np.repeat(states, len(states), 0), np.tile(states, (len(states), 1))], 1
+        )
+        return joint, (log_prob[:, None] + log_prob[None, :]).reshape(-1)
+
+
 def exact_posterior(prior, design, y):
     """Posterior of the binary site and of mu for ``y ~ Normal(design(x) + mu, NOISE)``,
     ``mu ~ Normal(0, PRIOR_SCALE)``: enumeration over x times the conjugate Gaussian integral
     over mu. Returns the mean of every unit, their sd, the mean and sd of mu (float64)."""
-    states = np.asarray(all_states(prior), np.float64)
-    flat = states.reshape(len(states), -1)
-    log_prior = np.asarray(prior.log_prob(all_states(prior)), np.float64)
-    y = np.asarray(y, np.float64)
+    if isinstance(prior, _PlatePrior):
+        flat, log_prior = prior.states_and_log_prob()
+    else:
+        states = np.asarray(all_states(prior), np.float64)
+        flat = states.reshape(len(states), -1)
+        log_prior = np.asarray(prior.log_prob(all_states(prior)), np.float64)
+    y = np.asarray(y, np.float64).reshape(-1)
     m = y.size
     resid = y[None, :] - np.stack([np.asarray(design(s), np.float64) for s in flat])
     # y - design(x) ~ N(0, NOISE^2 I + PRIOR_SCALE^2 11^T): Sherman-Morrison in closed form
@@ -80,6 +128,15 @@ def exact_posterior(prior, design, y):
 CASES = {
     "rbm-factorized": (rbm_model, RBM_Y, "v", RBM, lambda x: x, dict(factorized=True)),
     "rbm-metropolized": (rbm_model, RBM_Y, "v", RBM, lambda x: x, dict(factorized=None)),
+    "dense-bm-factorized": (bm_model, BM_Y, "v", BM, lambda x: x, dict(factorized=True)),
+    "rbm-under-plate-factorized": (
+        plate_model,
+        PLATE_Y,
+        "v",
+        _PlatePrior(),
+        lambda x: x,
+        dict(factorized=True),
+    ),
     "ising-weak-mixing-metropolized": (
         weakly_mixing_ising_model,
         ISING_Y,
@@ -105,11 +162,12 @@ NUM_DRAWS = 1000
 @pytest.mark.parametrize("case", list(CASES))
 def test_posterior_marginals_match_enumeration(case):
     """Posterior means of every binary unit and of the continuous mu against enumeration over
-    2^10 (RBM) or 2^9 (Ising) states times the conjugate Gaussian integral over mu. Each
-    error must be within 4 Monte Carlo standard errors, sd_exact / sqrt(ESS) with the bulk
-    ESS of arviz over 2 chains: 11 or 10 checks at 4 sigma give a family-wise false-alarm
-    rate below 1e-3. ESS must exceed 150 so that the check has power. Where the likelihood
-    factorizes, the Metropolis-Hastings-tested block proposals must all be accepted."""
+    2^10 (RBM), 2^9 (Ising), 2^6 (dense Boltzmann machine) or 2^8 (two RBM images under a
+    plate) states times the conjugate Gaussian integral over mu. Each error must be within 4
+    Monte Carlo standard errors, sd_exact / sqrt(ESS) with the bulk ESS of arviz over 2
+    chains: at most 11 checks at 4 sigma give a family-wise false-alarm rate below 1e-3.
+    ESS must exceed 150 so that the check has power. Where the likelihood factorizes, the
+    Metropolis-Hastings-tested block proposals must all be accepted."""
     model, y, site, prior, design, options = CASES[case]
     mcmc = MCMC(
         EBMGibbs(model, **options),
@@ -133,7 +191,7 @@ def test_posterior_marginals_match_enumeration(case):
     assert ess > 150
     assert abs(mu.mean() - mean_mu) < 4 * sd_mu / np.sqrt(ess)
     accept = np.asarray(mcmc.get_extra_fields()["ebm_accept_prob"])
-    if case.startswith("rbm"):
+    if case.startswith(("rbm", "dense")):
         # the likelihood factorizes: the block proposal is the exact conditional
         np.testing.assert_allclose(accept, 1.0, atol=1e-4)
     else:
@@ -257,3 +315,94 @@ def test_bad_inputs_are_refused():
 
     with pytest.raises(ValueError, match="binary families"):
         EBMSiteGibbs(potts_model).init(jax.random.key(0), 0, None, (), {})
+
+
+# ---------------------------------------------------------------------------- O(n) evidence
+def _summed_model(y=None):
+    v = numpyro.sample("v", RBM)
+    mu = numpyro.sample("mu", dist.Normal(0.0, PRIOR_SCALE))
+    numpyro.sample("y", dist.Normal(v.sum() + mu, NOISE), obs=y[0])
+
+
+def _permuted_model(y=None):
+    v = numpyro.sample("v", RBM)
+    mu = numpyro.sample("mu", dist.Normal(0.0, PRIOR_SCALE))
+    numpyro.sample("y", dist.Normal(v[::-1] + mu, NOISE).to_event(1), obs=y)
+
+
+def _broadcast_model(y=None):
+    v = numpyro.sample("v", RBM)
+    mu = numpyro.sample("mu", dist.Normal(0.0, PRIOR_SCALE))
+    numpyro.sample("y", dist.Normal(v.mean() + mu, NOISE).expand([10]).to_event(1), obs=y)
+
+
+def _indexed_model(y=None):  # a permutation through integer indexing: no gradient to see
+    v = numpyro.sample("v", RBM)
+    mu = numpyro.sample("mu", dist.Normal(0.0, PRIOR_SCALE))
+    means = jnp.asarray([0.0, 1.0])[v[::-1].astype(jnp.int32)]
+    numpyro.sample("y", dist.Normal(means + mu, NOISE).to_event(1), obs=y)
+
+
+def _masked_scaled_model(y=None):  # per unit, with a partial mask, a scale, a second site
+    v = numpyro.sample("v", RBM)
+    mu = numpyro.sample("mu", dist.Normal(0.0, PRIOR_SCALE))
+    mask = jnp.arange(10) % 3 != 0
+    with numpyro.handlers.scale(scale=0.7):
+        numpyro.sample("y", dist.Normal(v + mu, NOISE).mask(mask).to_event(1), obs=y)
+    with numpyro.plate("repeats", 2, dim=-2):
+        numpyro.sample("z", dist.Bernoulli(probs=0.2 + 0.6 * v), obs=jnp.ones((2, 10)))
+
+
+def _init_block(model, y, factorized=True):
+    kernel = EBMGibbs(model, factorized=factorized)
+    kernel.init(jax.random.key(0), 0, None, (y,), {})
+    return kernel.blocks[0][0]
+
+
+@pytest.mark.parametrize("model", [rbm_model, _masked_scaled_model])
+def test_per_unit_fast_path_is_taken_and_exact(model):
+    """On per-unit likelihoods (the denoising model; a masked, scaled one with a second
+    observed site under a plate) EBMSiteGibbs reads the evidence off elementwise, and that
+    equals the general pass (n + 1 evaluations) at random configurations and values of mu:
+    a deterministic check, to float32 rounding of sums of about 10 terms."""
+    block = _init_block(model, RBM_Y)
+    expected = ("y",) if model is rbm_model else ("y", "z")
+    assert block.per_unit_sites == {"v": expected}
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        v = jnp.asarray(rng.integers(0, 2, 10), jnp.float32)
+        values = {"mu": jnp.asarray(rng.normal(), jnp.float32)}
+
+        def log_rest(x, values=values):
+            model_trace = _trace_at(conditioned(model), (RBM_Y,), {}, {**values, "v": x})
+            return _sum_log_probs(model_trace, exclude=("v",))
+
+        general, _ = unit_evidence(log_rest, v, 0.0, 1.0)
+        fast = per_unit_evidence(conditioned(model), (RBM_Y,), {}, values, "v", expected, v, 0, 1)
+        np.testing.assert_allclose(fast, general, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "model", [_summed_model, _permuted_model, _broadcast_model, _indexed_model]
+)
+def test_coupled_likelihoods_get_the_general_pass(model):
+    """Likelihoods in which a unit enters other elements (a sum, a permutation, a broadcast
+    mean, a permutation through integer indexing, invisible to gradients) are refused the
+    elementwise path, in both modes that use it."""
+    for factorized in (True, None):
+        assert _init_block(model, RBM_Y, factorized).per_unit_sites == {"v": None}
+
+
+def test_masked_or_scaled_ebm_site_is_refused():
+    def masked(y=None):
+        v = numpyro.sample("v", RBM.mask(jnp.asarray(False)))
+        numpyro.sample("y", dist.Normal(v, NOISE).to_event(1), obs=y)
+
+    def scaled(y=None):
+        with numpyro.handlers.scale(scale=2.0):
+            v = numpyro.sample("v", RBM)
+        numpyro.sample("y", dist.Normal(v, NOISE).to_event(1), obs=y)
+
+    for model in (masked, scaled):
+        with pytest.raises(ValueError, match="masked or scaled"):
+            EBMSiteGibbs(model).init(jax.random.key(0), 0, None, (RBM_Y,), {})

@@ -27,8 +27,15 @@ does not depend on the other units, and adding it to the EBM's own conditional l
 the exact conditional: for an RBM (hidden units ``h`` as auxiliary variables) ``v | h`` has
 logits ``b + W h + l``; for Boltzmann machines and Ising models each colour class has logits
 ``(high - low)(h + J x) + l``. :class:`EBMSiteGibbs` computes ``l`` for every unit in one
-vectorized pass (the model's log density at ``v`` and at ``v`` with each single unit flipped,
-``vmap``-ed), so one block update costs ``n + 1`` evaluations of the model, all in one batch.
+vectorized pass. When unit ``i`` enters only element ``i`` of the other sites' elementwise
+log-density terms (before numpyro sums them over event dimensions; for example
+``Normal(v, sigma)``), ``l`` is read off those terms at all-low and all-high values of the
+site (:func:`per_unit_evidence`): two evaluations of the model, ``O(n)``. ``init`` verifies
+that structure on concrete values (a Jacobian that must be diagonal at a random relaxed
+value, and agreement with the general pass at a random configuration) and records the sites
+in ``per_unit_sites``; otherwise the general pass evaluates the model at ``v`` and at ``v``
+with each single unit flipped (:func:`unit_evidence`, ``vmap``-ed): ``n + 1`` evaluations,
+``O(n^2)`` for an ``n``-unit likelihood.
 
 Whether ``L`` factorizes decides the update (``factorized``):
 
@@ -38,8 +45,9 @@ Whether ``L`` factorizes decides the update (``factorized``):
     The same block proposals, each followed by a Metropolis-Hastings test with ``l``
     recomputed at the proposal. Exact for *any* likelihood; when ``L`` does factorize the
     proposal is the exact conditional and every proposal is accepted (``accept_prob == 1``),
-    so the only price is a second evidence pass. A low ``accept_prob`` says the likelihood
-    couples units: use ``False``.
+    so the only price is a second evidence pass (on the elementwise path, where ``l`` does
+    not depend on ``v``, just the two model evaluations of the test). A low
+    ``accept_prob`` says the likelihood couples units: use ``False``.
 ``False``
     Gibbs-with-gradients (Grathwohl et al. 2021): ``num_flips`` Metropolis-Hastings single-unit
     flips per step, the unit to flip drawn from ``softmax(d / 2)`` where
@@ -59,6 +67,7 @@ sampling for discrete distributions", ICML.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -66,10 +75,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax, random
-from numpyro.distributions import ExpandedDistribution
+from numpyro.distributions import ExpandedDistribution, Independent, MaskedDistribution
 from numpyro.handlers import seed, trace
 from numpyro.infer import NUTS
 from numpyro.infer.gibbs import (
+    GIBBS_SITES_KWARG,
     Gibbs,
     GibbsState,
     conditioned,
@@ -91,6 +101,7 @@ __all__ = [
     "EBMSiteState",
     "ebm_latent_sites",
     "gwg_flip_log_probs",
+    "per_unit_evidence",
     "unit_evidence",
 ]
 
@@ -109,9 +120,17 @@ def ebm_latent_sites(model_trace: Any) -> tuple[str, ...]:
 
 
 def _unwrap(fn: Any) -> Any:
-    while isinstance(fn, ExpandedDistribution):
+    while isinstance(fn, ExpandedDistribution | MaskedDistribution):
         fn = fn.base_dist
     return fn
+
+
+def _is_masked(fn: Any) -> bool:
+    while isinstance(fn, ExpandedDistribution | MaskedDistribution):
+        if isinstance(fn, MaskedDistribution):
+            return True
+        fn = fn.base_dist
+    return False
 
 
 def _trace_at(model, model_args, model_kwargs, values) -> dict:
@@ -119,6 +138,36 @@ def _trace_at(model, model_args, model_kwargs, values) -> dict:
     ``values`` or in the conditioning already carried by ``model_kwargs``."""
     kwargs = with_conditioning(model_kwargs, values)
     return trace(seed(model, rng_seed=0)).get_trace(*model_args, **kwargs)
+
+
+def _elementwise_log_prob(fn: Any, value: Any) -> tuple[jax.Array, int]:
+    """``fn.log_prob(value)`` before the sums over the dimensions that ``to_event`` (numpyro's
+    ``Independent``) reinterprets, masks applied: ``(terms, num_summed)`` with ``terms`` of
+    shape ``fn.batch_shape + S``, ``len(S) == num_summed``, whose sum over ``S`` is
+    ``fn.log_prob(value)``."""
+    if isinstance(fn, Independent):
+        terms, num_summed = _elementwise_log_prob(fn.base_dist, value)
+        return terms, num_summed
+    if isinstance(fn, MaskedDistribution):
+        terms, num_summed = _elementwise_log_prob(fn.base_dist, value)
+        mask = jnp.asarray(fn._mask)
+        mask = mask.reshape(mask.shape + (1,) * num_summed)
+        return jnp.where(mask, terms, 0.0), num_summed
+    if isinstance(fn, ExpandedDistribution):
+        terms, num_summed = _elementwise_log_prob(fn.base_dist, value)
+        trailing = terms.shape[terms.ndim - num_summed :] if num_summed else ()
+        return jnp.broadcast_to(terms, tuple(fn.batch_shape) + trailing), num_summed
+    return jnp.asarray(fn.log_prob(value)), 0
+
+
+def _site_terms(site: dict) -> jax.Array:
+    """The elementwise log-density terms of a sample site (scale applied), see
+    :func:`_elementwise_log_prob`."""
+    terms, num_summed = _elementwise_log_prob(site["fn"], site["value"])
+    if site.get("scale") is not None:
+        scale = jnp.asarray(site["scale"])
+        terms = scale.reshape(scale.shape + (1,) * num_summed) * terms
+    return terms
 
 
 def _sum_log_probs(model_trace: dict, exclude: Sequence[str] = ()) -> jax.Array:
@@ -174,6 +223,155 @@ def unit_evidence(
     return evidence.reshape(x.shape), base
 
 
+def per_unit_evidence(
+    model: Callable,
+    model_args: tuple,
+    model_kwargs: dict,
+    values: dict[str, Any],
+    name: str,
+    sites: Sequence[str],
+    x: jax.Array,
+    low: Any,
+    high: Any,
+) -> jax.Array:
+    """Per-unit local evidence of the EBM site ``name`` read off elementwise: O(n).
+
+    The model is traced twice, with every unit of ``name`` low and with every unit high (the
+    other latent sites at ``values``), and the elementwise log-density terms of ``sites``
+    (before numpyro's sums over event dimensions; masks and scales applied) are summed over
+    their leading axes down to the shape of ``x`` and subtracted. Equals
+    :func:`unit_evidence` when unit ``i`` of ``name`` enters only element ``i`` of those
+    terms and no other site depends on ``name``; :class:`EBMSiteGibbs` verifies that at
+    ``init`` before taking this path.
+
+    Parameters
+    ----------
+    model : callable
+        A model conditioned through ``numpyro.infer.gibbs.conditioned``.
+    model_args, model_kwargs :
+        The model's arguments.
+    values : dict
+        Values of the other latent sites.
+    name : str
+        The EBM site.
+    sites : sequence of str
+        Sites whose terms end with the shape of ``x``, unit ``i`` entering element ``i``.
+    x : jax.Array
+        A value of the site (only its shape and dtype are used).
+    low, high : float
+        The two unit values.
+
+    Returns
+    -------
+    jax.Array
+        ``l``, the shape of ``x``.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp, numpyro, numpyro.distributions as dist
+    >>> from numpyro.infer.gibbs import conditioned
+    >>> from numpyro_ebm import BernoulliRBM
+    >>> from numpyro_ebm.infer.priors import per_unit_evidence
+    >>> def model():
+    ...     v = numpyro.sample("v", BernoulliRBM(jnp.zeros((2, 1))))
+    ...     numpyro.sample("y", dist.Normal(v, 1.0).to_event(1), obs=jnp.asarray([1.0, 0.0]))
+    >>> ev = per_unit_evidence(conditioned(model), (), {}, {}, "v", ["y"], jnp.zeros(2), 0, 1)
+    >>> [round(float(e), 4) for e in ev]  # (y - 0)^2 / 2 - (y - 1)^2 / 2 = y - 1/2
+    [0.5, -0.5]
+    """
+    ndim = x.ndim
+
+    def terms(value):
+        model_trace = _trace_at(model, model_args, model_kwargs, {**values, name: value})
+        total = jnp.zeros(x.shape, x.dtype)
+        for site in sites:
+            t = _site_terms(model_trace[site])
+            total = total + jnp.sum(t, axis=tuple(range(t.ndim - ndim)))
+        return total
+
+    return terms(jnp.full(x.shape, high, x.dtype)) - terms(jnp.full(x.shape, low, x.dtype))
+
+
+def _verified_per_unit_sites(model, name, fn, model_args, model_kwargs):
+    """Sites carrying the per-unit evidence of the EBM site ``name`` elementwise, or ``None``.
+
+    On concrete values (a prototype trace from a fixed key; conditioning values that are
+    tracers are redrawn), two checks, both required:
+
+    1. at a random relaxed value ``x0`` strictly between ``low`` and ``high``, the Jacobian of
+       every other site's elementwise terms with respect to ``x0`` is zero, or the site's
+       terms end with the shape of ``x`` and the Jacobian is diagonal over it (element ``i``
+       depends on unit ``i`` only);
+    2. at a random binary value, :func:`per_unit_evidence` over those sites equals the
+       general pass :func:`unit_evidence` to within float rounding (this also catches a
+       dependence through non-differentiable operations, which the Jacobian misses).
+
+    A likelihood that couples units (``y ~ Normal(v.sum(), 1)``, a permuted or a broadcast
+    mean) fails one of the two. Both are checks at one point (and at the prototype values of
+    the other sites): a likelihood whose coupling of units switches on only elsewhere would
+    pass them; ``factorized=None`` keeps a Metropolis-Hastings test that stays exact then.
+    """
+    conditioning = {
+        key: value
+        for key, value in model_kwargs.get(GIBBS_SITES_KWARG, {}).items()
+        if not isinstance(value, jax.core.Tracer)
+    }
+    kwargs = {**model_kwargs, GIBBS_SITES_KWARG: conditioning}
+    proto = prototype_trace(model, random.key(0), model_args, kwargs)
+    values = {
+        key: site["value"]
+        for key, site in proto.items()
+        if site["type"] == "sample" and not site["is_observed"] and key != name
+    }
+    shape = tuple(jnp.shape(proto[name]["value"]))
+    dtype = fn.chain_dtype
+    low, high = (float(v) for v in fn.support_values)
+    num_units = math.prod(shape)
+    rng = np.random.default_rng(0)
+
+    def all_terms(x):
+        model_trace = _trace_at(model, model_args, kwargs, {**values, name: x})
+        return {
+            key: _site_terms(site)
+            for key, site in model_trace.items()
+            if site["type"] == "sample" and key != name
+        }
+
+    x0 = jnp.asarray(low + (high - low) * rng.uniform(0.2, 0.8, shape), dtype)
+    terms, jacobian = jax.jit(lambda x: (all_terms(x), jax.jacfwd(all_terms)(x)))(x0)
+    off_diagonal = ~np.eye(num_units, dtype=bool)
+    sites = []
+    for key, t in terms.items():
+        aligned = t.ndim >= len(shape) and tuple(t.shape[t.ndim - len(shape) :]) == shape
+        j = np.asarray(jacobian[key])
+        if not aligned:
+            if np.any(j != 0):
+                return None
+            continue
+        if np.any(j.reshape(-1, num_units, num_units)[:, off_diagonal] != 0):
+            return None
+        sites.append(key)
+
+    def log_rest(x):
+        return _sum_log_probs(_trace_at(model, model_args, kwargs, {**values, name: x}), (name,))
+
+    x1 = jnp.asarray(np.where(rng.uniform(size=shape) < 0.5, low, high), dtype)
+
+    @jax.jit
+    def both(x):
+        general, base = unit_evidence(log_rest, x, low, high)
+        fast = per_unit_evidence(model, model_args, kwargs, values, name, sites, x, low, high)
+        return general, base, fast
+
+    general, base, fast = both(x1)
+    general, fast = np.asarray(general, np.float64), np.asarray(fast, np.float64)
+    # float rounding of the two sums of the general pass: a few ulps of their magnitude
+    tolerance = 100 * float(jnp.finfo(dtype).eps) * (abs(float(base)) + np.abs(general).max() + 1)
+    if not np.all(np.abs(fast - general) <= tolerance):
+        return None
+    return tuple(sites)
+
+
 def gwg_flip_log_probs(grad: jax.Array, x: jax.Array, low: Any, high: Any) -> jax.Array:
     """Log-probabilities of the Gibbs-with-gradients proposal: which unit to flip.
 
@@ -197,7 +395,8 @@ class EBMSiteState(NamedTuple):
     z : the EBM sites' values (``{name: array}``, the sites' sample dtype)
     hidden : RBM sites' hidden units (auxiliary variables of the last update), by site
     potential_energy : ``-log p(all sites)`` at ``z`` under the current conditioning (EBM
-        sites' ``log Z`` included only where it is known)
+        sites' ``log Z`` included only where it is known); NaN inside :class:`EBMGibbs` with
+        an inner kernel, which reports that kernel's (saving two model evaluations a step)
     accept_prob : mean Metropolis-Hastings acceptance of the last update (1 for exact Gibbs)
     rng_key : key for the next step
     """
@@ -254,6 +453,10 @@ class EBMSiteGibbs(MCMCKernel):
         self.factorized = factorized
         self.num_flips = None if num_flips is None else int(num_flips)
         self._sites: tuple[str, ...] = ()
+        # False inside EBMGibbs with an inner kernel, whose potential energy is reported
+        self._track_potential = True
+        #: ``{EBM site: names of the sites read elementwise, or None}``, set by ``init``
+        self.per_unit_sites: dict[str, tuple[str, ...] | None] = {}
 
     @property
     def model(self):
@@ -267,6 +470,7 @@ class EBMSiteGibbs(MCMCKernel):
         kernel = copy.copy(self)
         kernel._model = wrapper(self._model)
         kernel._sites = ()
+        kernel.per_unit_sites = {}
         return kernel
 
     def get_constrain_fn(self, model_args, model_kwargs):
@@ -309,8 +513,23 @@ class EBMSiteGibbs(MCMCKernel):
                 f"{others} need another kernel: use EBMGibbs (NUTS for them)."
             )
         for name in sites:
-            self._check_family(name, _unwrap(model_trace[name]["fn"]))
+            site = model_trace[name]
+            if _is_masked(site["fn"]) or site.get("scale") is not None:
+                raise ValueError(
+                    f"site {name!r} is masked or scaled (numpyro.handlers.mask/scale or "
+                    "Distribution.mask); its block updates use the energy-based model's own "
+                    "conditionals, which a mask or scale would change. Remove the mask/scale "
+                    "from the EBM site (mask or scale the observation sites instead)."
+                )
+            self._check_family(name, _unwrap(site["fn"]))
         self._sites = sites
+        self.per_unit_sites = {}
+        if self.factorized is not False:
+            for name in sites:
+                fn = _unwrap(model_trace[name]["fn"])
+                self.per_unit_sites[name] = self._find_per_unit_sites(
+                    name, fn, model_args, model_kwargs
+                )
         z = {name: jnp.asarray(init_params.get(name, model_trace[name]["value"])) for name in sites}
         hidden = {}
         for name in sites:
@@ -319,6 +538,16 @@ class EBMSiteGibbs(MCMCKernel):
                 hidden[name] = jnp.zeros(z[name].shape[:-1] + (fn.num_hidden,), fn.chain_dtype)
         pe = self._potential(z, model_args, model_kwargs)
         return EBMSiteState(z, hidden, pe, jnp.ones(()), rng_key)
+
+    def _find_per_unit_sites(self, name, fn, model_args, model_kwargs):
+        """The sites whose elementwise log-density terms carry the per-unit evidence of the
+        EBM site ``name`` (the O(n) path), or ``None`` where that is not verified."""
+        errors = (TypeError, ValueError, IndexError, NotImplementedError)
+        try:
+            with jax.ensure_compile_time_eval():
+                return _verified_per_unit_sites(self._model, name, fn, model_args, model_kwargs)
+        except errors:  # a model that cannot be traced concretely: the general pass
+            return None
 
     def _check_family(self, name: str, fn: Any) -> None:
         values = tuple(fn.support_values)
@@ -339,9 +568,13 @@ class EBMSiteGibbs(MCMCKernel):
             )
 
     def _potential(self, z, model_args, model_kwargs) -> jax.Array:
+        if not self._track_potential:
+            return jnp.full((), jnp.nan)
         return -_sum_log_probs(_trace_at(self._model, model_args, model_kwargs, z))
 
     def refresh(self, state, model_args, model_kwargs):
+        if not self._track_potential:
+            return state
         pe = self._potential(state.z, model_args, model_kwargs)
         return state._replace(potential_energy=pe)
 
@@ -362,19 +595,32 @@ class EBMSiteGibbs(MCMCKernel):
                 return _sum_log_probs(tr, exclude=(name,))
 
             x = z[name].astype(dtype)
+            per_unit = self.per_unit_sites.get(name)
+            if per_unit is not None:  # O(n): read off the per-unit terms, at any x
+                fixed = per_unit_evidence(
+                    self._model, model_args, model_kwargs, z, name, per_unit, x, low, high
+                )
+
+                def evidence_fn(x, fixed=fixed):
+                    return fixed
+            else:  # O(n^2): n + 1 evaluations of the rest of the model, batched
+
+                def evidence_fn(x, log_rest=log_rest, low=low, high=high):
+                    return unit_evidence(log_rest, x, low, high)[0]
+
             if self.factorized is False:
                 x, accept = self._gwg(key, fn, x, log_rest, low, high)
             elif isinstance(fn, BernoulliRBM):
-                x, hidden[name], accept = self._rbm_update(key, fn, x, log_rest)
+                x, hidden[name], accept = self._rbm_update(key, fn, x, log_rest, evidence_fn)
             else:
-                x, accept = self._colour_update(key, fn, x, log_rest, low, high)
+                x, accept = self._colour_update(key, fn, x, log_rest, evidence_fn, low, high)
             z[name] = x.astype(state.z[name].dtype)
             accepts.append(accept)
         pe = self._potential(z, model_args, model_kwargs)
         accept_prob = jnp.mean(jnp.stack(accepts))
         return EBMSiteState(z, hidden, pe, accept_prob, rng_key)
 
-    def _block(self, key, x, ebm_logits, mask, log_target, evidence, log_rest, low, high):
+    def _block(self, key, x, ebm_logits, mask, log_target, evidence, evidence_fn, low, high):
         """Update the units where ``mask`` holds from ``ebm_logits + evidence``; exact when
         ``factorized`` is True, else Metropolis-Hastings tested. ``ebm_logits`` must not
         depend on the units being updated (they are conditionally independent under the EBM).
@@ -385,7 +631,7 @@ class EBMSiteGibbs(MCMCKernel):
         proposal = jnp.where(mask, draw, x)
         if self.factorized:
             return proposal, jnp.ones(()), evidence
-        evidence_new, _ = unit_evidence(log_rest, proposal, low, high)
+        evidence_new = evidence_fn(proposal)
         logits_new = ebm_logits + evidence_new
         forward = _bernoulli_log_prob(proposal == high, logits, mask)
         backward = _bernoulli_log_prob(x == high, logits_new, mask)
@@ -399,25 +645,25 @@ class EBMSiteGibbs(MCMCKernel):
             jnp.where(accepted, evidence_new, evidence),
         )
 
-    def _rbm_update(self, key, fn: BernoulliRBM, v, log_rest):
+    def _rbm_update(self, key, fn: BernoulliRBM, v, log_rest, evidence_fn):
         key_h, key_v = random.split(key)
         hidden = bernoulli_draw(key_h, fn.visible_to_hidden(v))
         visible_logits = fn.hidden_to_visible(hidden)
         visible_logits = jnp.broadcast_to(visible_logits, v.shape)
-        evidence, _ = unit_evidence(log_rest, v, 0.0, 1.0)
+        evidence = evidence_fn(v)
 
         def log_target(x):  # log p(v | h) + log L(v), up to a constant
             return jnp.sum(x * visible_logits) + log_rest(x)
 
         mask = np.ones(v.shape, bool)
         v, accept, _ = self._block(
-            key_v, v, visible_logits, mask, log_target, evidence, log_rest, 0.0, 1.0
+            key_v, v, visible_logits, mask, log_target, evidence, evidence_fn, 0.0, 1.0
         )
         return v, hidden, accept
 
-    def _colour_update(self, key, fn, x, log_rest, low, high):
+    def _colour_update(self, key, fn, x, log_rest, evidence_fn, low, high):
         num_units = int(np.prod(fn.event_shape))
-        evidence, _ = unit_evidence(log_rest, x, low, high)
+        evidence = evidence_fn(x)
 
         def log_target(y):
             return -jnp.sum(fn.energy(y)) + log_rest(y)
@@ -430,7 +676,7 @@ class EBMSiteGibbs(MCMCKernel):
             mask = np.broadcast_to(member.reshape(fn.event_shape), x.shape)
             logits = jnp.broadcast_to(fn.conditional_logits(x), x.shape)
             x, accept, evidence = self._block(
-                key_block, x, logits, mask, log_target, evidence, log_rest, low, high
+                key_block, x, logits, mask, log_target, evidence, evidence_fn, low, high
             )
             accepts.append(accept)
         return x, jnp.mean(jnp.stack(accepts))
@@ -586,6 +832,7 @@ class EBMGibbs(Gibbs):
         if inner_kernel is None:
             inner_kernel = NUTS(model)
         block = EBMSiteGibbs(model, factorized=factorized, num_flips=num_flips)
+        block._track_potential = inner_kernel is False
         sites = ebm_latent_sites if ebm_sites is None else tuple(ebm_sites)
         blocks = [(block, sites)]
         if inner_kernel is not False:
