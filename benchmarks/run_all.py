@@ -47,6 +47,7 @@ SCRIPTS: dict[str, list[str]] = {
     "estimators_digits": ["--seeds", "4"],
     "prior_denoising": ["--large"],
     "ais_rbm": [],
+    "ais_paths": [],
     "sampler_throughput": ["--repeats", "11"],
 }
 

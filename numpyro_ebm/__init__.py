@@ -18,7 +18,7 @@ from numpyro_ebm.distributions import (
 )
 from numpyro_ebm.exact import all_states, exact_log_partition, exact_marginals
 from numpyro_ebm.handlers import negative_phase
-from numpyro_ebm.infer.ais import AISResult, ais, log_likelihood
+from numpyro_ebm.infer.ais import AISResult, ais, log_likelihood, log_partition_lower_bound
 from numpyro_ebm.io import load, save
 from numpyro_ebm.train import FitHistory, TrainingDivergedError, fit
 
@@ -52,6 +52,7 @@ __all__ = [
     "fit",
     "load",
     "log_likelihood",
+    "log_partition_lower_bound",
     "negative_phase",
     "save",
 ]

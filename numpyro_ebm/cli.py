@@ -312,6 +312,7 @@ def run_logz(args) -> int:
             jax.random.key(args.seed),
             model,
             num_chains=args.num_chains,
+            base=args.ais_base,
             **_ais_schedule(args.ais_temperatures),
         )
     except ValueError as err:
@@ -380,6 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="AIS: that many evenly spaced temperatures (default: the classic 14,500 schedule)",
+    )
+    logz.add_argument(
+        "--ais-base",
+        choices=("uniform", "model"),
+        default="uniform",
+        help="AIS base model: independent units with zero fields, or with the model's own "
+        "fields (only the couplings annealed); on large models try both and keep the higher "
+        "estimate",
     )
     logz.add_argument("--seed", type=int, default=0)
     logz.set_defaults(func=run_logz)

@@ -127,6 +127,86 @@ def test_interval_covers_exact(name, rbm_run):
     assert float(result.ess) > 50
 
 
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_model_base_covers_exact(name):
+    """``base="model"`` (the target's own fields, only the couplings annealed; for RBMs the
+    hidden biases too, a different path and base constant) gives the exact log Z within
+    its interval, as the other bases do; same settings and thresholds as above."""
+    model = CASES[name]()
+    result = ais(
+        jax.random.key(22),
+        model,
+        num_chains=100,
+        schedule="linear",
+        num_temperatures=1000,
+        base="model",
+        level=LEVEL,
+    )
+    exact = float(exact_log_partition(model))
+    lo, hi = (float(x) for x in result.log_partition_interval)
+    assert lo <= exact <= hi, (lo, float(result.log_partition), hi, exact)
+    assert hi - lo < 0.2
+    assert float(result.ess) > 50
+
+
+def test_checkpoint_trace():
+    """The trace keeps the log weights at evenly spaced points without changing the run:
+    its last row is the final log weights, and the estimate is that of an untraced run
+    with the same key (99 steps in 7 segments of 15, the last one padded)."""
+    rbm = make_rbm(12, 4)
+    kwargs = dict(num_chains=16, schedule="linear", num_temperatures=100)
+    plain = ais(jax.random.key(3), rbm, **kwargs)
+    traced = ais(jax.random.key(3), rbm, num_checkpoints=7, **kwargs)
+    assert plain.trace_betas is None and plain.log_weight_trace is None
+    assert traced.log_weight_trace.shape == (7, 16)
+    np.testing.assert_allclose(
+        traced.trace_betas, linear_schedule(100)[[15, 30, 45, 60, 75, 90, 99]]
+    )
+    # Same draws, same arithmetic per step; only float32 rounding of the fused loop may
+    # differ (relative 1e-6 of log weights of order 10).
+    np.testing.assert_allclose(traced.log_weight_trace[-1], traced.log_weights, rtol=0, atol=0)
+    np.testing.assert_allclose(traced.log_weights, plain.log_weights, rtol=1e-6, atol=1e-5)
+    # The spread of the accumulated log weights can only be read from a trace that starts
+    # at zero spread: at beta = 0.15 it is far below the final spread's upper bound.
+    assert float(jnp.std(traced.log_weight_trace[0])) < float(jnp.std(traced.log_weights)) + 1e-6
+    reverse = ais(
+        jax.random.key(4),
+        rbm,
+        initial_state=rbm.sample(jax.random.key(5), (8,)),
+        num_checkpoints=3,
+        **kwargs,
+    )
+    np.testing.assert_allclose(reverse.trace_betas, [1 - 33 / 99, 1 - 66 / 99, 0.0], atol=1e-12)
+    np.testing.assert_allclose(reverse.log_weight_trace[-1], reverse.log_weights, atol=0)
+
+
+def test_lower_bound():
+    """The bound is deterministic: below the exact log Z for any states, equal to it over
+    all states, blind to duplicates, and no lower after an ascent (the ascent's states are
+    added to the given ones)."""
+    from numpyro_ebm import all_states, log_partition_lower_bound
+
+    for model in (make_rbm(10, 4), CASES["ising_lattice_4x4"]()):
+        exact = float(exact_log_partition(model))
+        data = model.random_state(jax.random.key(30), (40,)).astype(model.sample_dtype)
+        bound = float(log_partition_lower_bound(model, data))
+        twice = float(log_partition_lower_bound(model, jnp.concatenate([data, data])))
+        ascended = float(
+            log_partition_lower_bound(model, data, rng_key=jax.random.key(31), num_sweeps=20)
+        )
+        assert bound < exact and bound == twice
+        assert bound <= ascended < exact
+    rbm = make_rbm(10, 4)
+    every = float(log_partition_lower_bound(rbm, all_states(rbm)))
+    np.testing.assert_allclose(every, float(exact_log_partition(rbm)), rtol=1e-6)
+    with pytest.raises(ValueError, match="needs rng_key"):
+        log_partition_lower_bound(rbm, jnp.zeros((3, 10), jnp.int32), num_sweeps=3)
+    with pytest.raises(ValueError, match="discrete"):
+        log_partition_lower_bound(CASES["gaussian_rbm_5x4"](), jnp.zeros((3, 5)))
+    with pytest.raises(ValueError, match="batch_shape"):
+        log_partition_lower_bound(make_rbm(6, 2, batch=(2,)), jnp.zeros((3, 6), jnp.int32))
+
+
 def test_rbm_with_many_hidden_units():
     """784 visible x 20 hidden units (2**20 exact states): a piecewise schedule like the
     classic one, given as explicit betas, covers the exact value with an informative
@@ -318,6 +398,14 @@ def test_bad_arguments_rejected():
         ais(key, rbm, initial_state=jnp.ones((6,), jnp.int32))
     with pytest.raises(ValueError, match="level must be"):
         ais(key, rbm, level=95)
+    with pytest.raises(ValueError, match="base must be one of"):
+        ais(key, rbm, base="empirical")
+    with pytest.raises(ValueError, match="pass data=... as well"):
+        ais(key, rbm, base="data")
+    with pytest.raises(ValueError, match="data is only used by base='data'"):
+        ais(key, rbm, base="model", data=jnp.ones((3, 6), jnp.int32))
+    with pytest.raises(ValueError, match="num_checkpoints must be"):
+        ais(key, rbm, schedule="linear", num_temperatures=10, num_checkpoints=10)
     custom = EnergyDistribution(lambda x: jnp.sum(x), (3,), support_values=(0, 1))
     with pytest.raises(ValueError, match="ais supports"):
         ais(key, custom)

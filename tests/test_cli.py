@@ -41,6 +41,11 @@ def test_train_sample_logz_round_trip(tmp_path, capsys):
     out = capsys.readouterr().out
     lo, hi = (float(v) for v in out.split("[")[1].split("]")[0].split(","))
     assert "AIS log Z" in out and lo <= exact <= hi, (out, exact)
+    assert main(["logz", str(model), "--method", "ais", "--ais-temperatures", "200",
+                 "--ais-base", "model"]) == 0
+    out = capsys.readouterr().out
+    lo, hi = (float(v) for v in out.split("[")[1].split("]")[0].split(","))
+    assert lo <= exact <= hi, (out, exact)
     assert main(["logz", str(model), "--method", "ais", "--ais-temperatures", "1"]) == 2
     samples = tmp_path / "samples.npy"
     assert main(["sample", str(model), "--num-samples", "7", "--num-sweeps", "5",

@@ -1,7 +1,13 @@
 """Samplers and negative-phase estimators for energy-based distributions."""
 
 from numpyro_ebm.infer import gibbs
-from numpyro_ebm.infer.ais import AISResult, LogLikelihoodResult, ais, log_likelihood
+from numpyro_ebm.infer.ais import (
+    AISResult,
+    LogLikelihoodResult,
+    ais,
+    log_likelihood,
+    log_partition_lower_bound,
+)
 from numpyro_ebm.infer.estimators import (
     CD,
     PCD,
@@ -25,6 +31,7 @@ from numpyro_ebm.infer.relaxed_hmc import (
     relaxation,
     relaxed_log_partition,
 )
+from numpyro_ebm.infer.relaxed_priors import RelaxedModel, relax
 
 __all__ = [
     "CD",
@@ -47,9 +54,12 @@ __all__ = [
     "ParallelTempering",
     "RelaxedHMC",
     "RelaxedHMCState",
+    "RelaxedModel",
     "ais",
     "gibbs",
     "log_likelihood",
+    "log_partition_lower_bound",
+    "relax",
     "relaxation",
     "relaxed_log_partition",
 ]
