@@ -17,6 +17,9 @@ Samplers, each on ``--chains`` chains:
   Metropolis-Hastings test (a second evidence pass);
 - ``DiscreteHMCGibbs(NUTS(model))``: numpyro's Gibbs updates of one pixel at a time (the
   whole model re-evaluated per pixel), alternated with NUTS on sigma;
+- ``CollapsedGibbs(model)``: the RBM's hidden units by Gibbs given the pixels, NUTS on
+  sigma with the pixels summed out given the hidden units, the pixels drawn exactly at
+  every step;
 - ``NUTS(relax(model, "v"))`` (digits only, unless ``--relaxed-large``): plain NUTS on the
   Gaussian-integral relaxation of the RBM (``num_visible + num_hidden`` auxiliary
   dimensions) and sigma, the pixels summed out per unit and drawn exactly afterwards
@@ -59,7 +62,7 @@ from numpyro.infer import MCMC, NUTS, DiscreteHMCGibbs
 from numpyro.infer.util import log_density
 
 from numpyro_ebm import BernoulliRBM, fit
-from numpyro_ebm.infer import EBMGibbs, relax
+from numpyro_ebm.infer import CollapsedGibbs, EBMGibbs, relax
 
 
 def digits_data() -> np.ndarray:
@@ -218,6 +221,7 @@ def samplers_for(model_fn, y, reference_draws=None, relaxed=True):
         ("EBMGibbs(factorized=True)", lambda: EBMGibbs(model_fn(), factorized=True), None),
         ("EBMGibbs (MH-tested, default)", lambda: EBMGibbs(model_fn()), None),
     ]
+    samplers.append(("CollapsedGibbs(model)", lambda: CollapsedGibbs(model_fn()), None))
     if relaxed:
         samplers.append(("NUTS(relax(model))", RelaxedNUTS(model_fn(), y), None))
     samplers.append(

@@ -48,6 +48,7 @@ SCRIPTS: dict[str, list[str]] = {
     "prior_denoising": ["--large"],
     "ais_rbm": [],
     "ais_paths": [],
+    "ais_ising": [],
     "sampler_throughput": ["--repeats", "11"],
 }
 

@@ -8,6 +8,12 @@ from numpyro_ebm.infer.ais import (
     log_likelihood,
     log_partition_lower_bound,
 )
+from numpyro_ebm.infer.collapsed import (
+    CollapsedGibbs,
+    CollapsedGibbsState,
+    CollapsedModel,
+    collapse,
+)
 from numpyro_ebm.infer.estimators import (
     CD,
     PCD,
@@ -39,6 +45,9 @@ __all__ = [
     "AISResult",
     "BlockGibbs",
     "BlockGibbsState",
+    "CollapsedGibbs",
+    "CollapsedGibbsState",
+    "CollapsedModel",
     "EBMGibbs",
     "EBMGibbsState",
     "EBMSiteGibbs",
@@ -56,6 +65,7 @@ __all__ = [
     "RelaxedHMCState",
     "RelaxedModel",
     "ais",
+    "collapse",
     "gibbs",
     "log_likelihood",
     "log_partition_lower_bound",

@@ -60,6 +60,27 @@ from numpyro_ebm.infer.relaxed_hmc import _form_of, relaxation
 __all__ = ["RelaxedModel", "relax"]
 
 
+def summed_out_evidence(model, site, low, high, per_unit_sites, args, kwargs) -> jax.Array:
+    """Inside a model that sums the binary ``site`` out unit by unit: run the rest of
+    ``model`` with every unit ``low`` (its sites registered with the outer handlers, so
+    they contribute ``log L(low)`` and the other sites' priors) and, hidden from the outer
+    handlers, with every unit ``high``; return the per-unit evidence
+    ``l = log L(unit high) - log L(unit low)`` read off the elementwise terms of
+    ``per_unit_sites`` (verified per unit beforehand), shape ``low.shape``."""
+    with trace() as low_trace:
+        block(condition(model, {site: low}), hide=[site])(*args, **kwargs)
+    values = {
+        name: s["value"] for name, s in low_trace.items() if s["type"] == "sample" and name != site
+    }
+    with block():
+        high_trace = trace(condition(model, {**values, site: high})).get_trace(*args, **kwargs)
+    evidence = jnp.zeros(low.shape, low.dtype)
+    for name in per_unit_sites:
+        diff = _site_terms(high_trace[name]) - _site_terms(low_trace[name])
+        evidence = evidence + jnp.sum(diff, axis=tuple(range(diff.ndim - low.ndim)))
+    return evidence
+
+
 class RelaxedModel:
     """A NumPyro model whose binary EBM site is relaxed (see :func:`relax`); callable with
     the original model's arguments.
@@ -106,24 +127,9 @@ class RelaxedModel:
         u = numpyro.sample(self.aux_site, dist.Normal(jnp.zeros(num_units, dtype), 1.0).to_event(1))
         low = jnp.full(self._shape, self._low, dtype)
         high = jnp.full(self._shape, self._high, dtype)
-        # the rest of the model with every unit low, its sites registered: log L(0) + priors
-        with trace() as low_trace:
-            block(condition(self.model, {self.site: low}), hide=[self.site])(*args, **kwargs)
-        values = {
-            name: s["value"]
-            for name, s in low_trace.items()
-            if s["type"] == "sample" and name != self.site
-        }
-        # every unit high, hidden from the outer handlers: only its per-unit terms are read
-        with block():
-            high_trace = trace(condition(self.model, {**values, self.site: high})).get_trace(
-                *args, **kwargs
-            )
-        evidence = jnp.zeros(self._shape, dtype)
-        ndim = len(self._shape)
-        for name in self.per_unit_sites:
-            diff = _site_terms(high_trace[name]) - _site_terms(low_trace[name])
-            evidence = evidence + jnp.sum(diff, axis=tuple(range(diff.ndim - ndim)))
+        evidence = summed_out_evidence(
+            self.model, self.site, low, high, self.per_unit_sites, args, kwargs
+        )
         logits, site_logits = self._unit_logits(u, evidence)
         numpyro.factor(f"{self.site}_units", jnp.sum(softplus(logits)))
         numpyro.deterministic(self.probs_site, jax.nn.sigmoid(site_logits))
