@@ -18,12 +18,19 @@ memory of the process.
 from __future__ import annotations
 
 import argparse
-import json
 
 import jax
 import numpy as np
 from ais_rbm import onsager_log_partition_per_site, peak_memory_mib
-from common import Stopwatch, describe_machine, machine_info, markdown_table, write_json
+from common import (
+    Stopwatch,
+    add_markdown_option,
+    describe_machine,
+    machine_info,
+    markdown_table,
+    print_stored_tables,
+    write_json,
+)
 from jax import random
 
 from numpyro_ebm import IsingModel, ais
@@ -42,17 +49,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--temperatures", default="4000,16000")
     parser.add_argument("--json", default=None, help="write the rows to this JSON file")
-    parser.add_argument(
-        "--markdown",
-        action="store_true",
-        help="print the tables of the JSON file given by --json (no measurement)",
-    )
+    add_markdown_option(parser)
     args = parser.parse_args()
-    if args.markdown:
-        if not args.json:
-            parser.error("--markdown renders the file given by --json PATH; pass both")
-        with open(args.json) as f:
-            print("\n\n".join(render(json.load(f)).values()))
+    if print_stored_tables(parser, args, render):
         return
 
     info = machine_info()

@@ -27,13 +27,20 @@ much, whatever its spread.
 from __future__ import annotations
 
 import argparse
-import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from ais_rbm import NUM_CHAINS, load_mnist, trained_rbm
-from common import Stopwatch, describe_machine, machine_info, markdown_table, write_json
+from common import (
+    Stopwatch,
+    add_markdown_option,
+    describe_machine,
+    machine_info,
+    markdown_table,
+    print_stored_tables,
+    write_json,
+)
 from jax import random
 
 from numpyro_ebm import BernoulliRBM, ais, log_likelihood, log_partition_lower_bound
@@ -62,17 +69,9 @@ def main():
     parser.add_argument("--fit-epochs", type=int, default=5)
     parser.add_argument("--sklearn-iter", type=int, default=10)
     parser.add_argument("--json", default=None, help="write the rows to this JSON file")
-    parser.add_argument(
-        "--markdown",
-        action="store_true",
-        help="print the tables of the JSON file given by --json (no measurement)",
-    )
+    add_markdown_option(parser)
     args = parser.parse_args()
-    if args.markdown:
-        if not args.json:
-            parser.error("--markdown renders the file given by --json PATH; pass both")
-        with open(args.json) as f:
-            print("\n\n".join(render(json.load(f)).values()))
+    if print_stored_tables(parser, args, render):
         return
 
     info = machine_info()

@@ -29,7 +29,6 @@ Each row is timed once (the workloads are long; rows that include compilation sa
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import resource
 
@@ -37,10 +36,12 @@ import jax
 import numpy as np
 from common import (
     Stopwatch,
+    add_markdown_option,
     describe_machine,
     machine_info,
     markdown_table,
     median,
+    print_stored_tables,
     quiet_median,
     write_json,
 )
@@ -125,17 +126,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ising-long-temperatures", type=int, default=4000)
     parser.add_argument("--json", default=None, help="write the rows to this JSON file")
-    parser.add_argument(
-        "--markdown",
-        action="store_true",
-        help="print the tables of the JSON file given by --json (no measurement)",
-    )
+    add_markdown_option(parser)
     args = parser.parse_args()
-    if args.markdown:
-        if not args.json:
-            parser.error("--markdown renders the file given by --json PATH; pass both")
-        with open(args.json) as f:
-            print("\n\n".join(render(json.load(f)).values()))
+    if print_stored_tables(parser, args, render):
         return
 
     info = machine_info()

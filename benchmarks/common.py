@@ -214,3 +214,24 @@ def write_json(path: str | None, payload: dict[str, Any]) -> None:
     with open(path, "w") as f:
         json.dump(payload, f, indent=2, default=float)
     print(f"\nwrote {path}")
+
+
+def add_markdown_option(parser) -> None:
+    """``--markdown``: print the tables of the JSON file given by ``--json`` and exit."""
+    parser.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print the tables of the JSON file given by --json (no measurement)",
+    )
+
+
+def print_stored_tables(parser, args, render: Callable[[dict], dict[str, str]]) -> bool:
+    """With ``--markdown``: print ``render`` of the ``--json`` file and return True (the
+    script then stops); otherwise False."""
+    if not args.markdown:
+        return False
+    if not args.json:
+        parser.error("--markdown renders the file given by --json PATH; pass both")
+    with open(args.json) as f:
+        print("\n\n".join(render(json.load(f)).values()))
+    return True

@@ -34,7 +34,6 @@ Run: ``python benchmarks/estimators_digits.py [--budget 20] [--seeds 2] [--json 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 import warnings
@@ -42,7 +41,15 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import Stopwatch, describe_machine, machine_info, markdown_table, write_json
+from common import (
+    Stopwatch,
+    add_markdown_option,
+    describe_machine,
+    machine_info,
+    markdown_table,
+    print_stored_tables,
+    write_json,
+)
 from sklearn.datasets import load_digits
 from sklearn.neural_network import BernoulliRBM as SklearnRBM
 from sklearn.utils import gen_even_slices
@@ -196,17 +203,9 @@ def main():
     parser.add_argument("--budget", type=float, default=20.0, help="seconds per run")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--json", default=None, help="write the rows to this JSON file")
-    parser.add_argument(
-        "--markdown",
-        action="store_true",
-        help="print the tables of the JSON file given by --json (no measurement)",
-    )
+    add_markdown_option(parser)
     args = parser.parse_args()
-    if args.markdown:
-        if not args.json:
-            parser.error("--markdown renders the file given by --json PATH; pass both")
-        with open(args.json) as f:
-            print("\n\n".join(render(json.load(f)).values()))
+    if print_stored_tables(parser, args, render):
         return
 
     train, test = load_data()

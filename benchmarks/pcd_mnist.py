@@ -39,7 +39,6 @@ Run: ``python benchmarks/pcd_mnist.py [--repeats 10] [--json pcd_mnist.json]``
 from __future__ import annotations
 
 import argparse
-import json
 import warnings
 
 import jax
@@ -49,11 +48,13 @@ import optax
 from common import (
     QUIET_SHARE,
     Stopwatch,
+    add_markdown_option,
     describe_machine,
     machine_info,
     markdown_table,
     measure,
     median,
+    print_stored_tables,
     quiet_median,
     spread,
     write_json,
@@ -411,17 +412,9 @@ def main():
     parser.add_argument("--learning-rate", type=float, default=0.1)
     parser.add_argument("--quality-seeds", type=int, default=5)
     parser.add_argument("--json", default=None, help="write the rows to this JSON file")
-    parser.add_argument(
-        "--markdown",
-        action="store_true",
-        help="print the tables of the JSON file given by --json (no measurement)",
-    )
+    add_markdown_option(parser)
     args = parser.parse_args()
-    if args.markdown:
-        if not args.json:
-            parser.error("--markdown renders the file given by --json PATH; pass both")
-        with open(args.json) as f:
-            print("\n\n".join(render(json.load(f)).values()))
+    if print_stored_tables(parser, args, render):
         return
 
     images = load_mnist()

@@ -46,7 +46,6 @@ Run: ``python benchmarks/prior_denoising.py [--large] [--json prior_denoising.js
 from __future__ import annotations
 
 import argparse
-import json
 import math
 
 import arviz
@@ -56,7 +55,14 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import optax
-from common import Stopwatch, markdown_table, median, write_json
+from common import (
+    Stopwatch,
+    add_markdown_option,
+    markdown_table,
+    median,
+    print_stored_tables,
+    write_json,
+)
 from jax import lax
 from numpyro.infer import MCMC, NUTS, DiscreteHMCGibbs
 from numpyro.infer.util import log_density
@@ -270,17 +276,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None)
-    parser.add_argument(
-        "--markdown",
-        action="store_true",
-        help="print the tables of the JSON file given by --json (no measurement)",
-    )
+    add_markdown_option(parser)
     args = parser.parse_args()
-    if args.markdown:
-        if not args.json:
-            parser.error("--markdown renders the file given by --json PATH; pass both")
-        with open(args.json) as f:
-            print("\n\n".join(render(json.load(f)).values()))
+    if print_stored_tables(parser, args, render):
         return
 
     rows = []

@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import resource
 
@@ -65,10 +64,12 @@ import jax.numpy as jnp
 import numpy as np
 from common import (
     Stopwatch,
+    add_markdown_option,
     describe_machine,
     machine_info,
     markdown_table,
     median,
+    print_stored_tables,
     write_json,
 )
 from jax import lax, random
@@ -275,17 +276,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=7, help="interleaved timing rounds")
     parser.add_argument("--json", default=None, help="write the rows to this JSON file")
-    parser.add_argument(
-        "--markdown",
-        action="store_true",
-        help="print the tables of the JSON file given by --json (no measurement)",
-    )
+    add_markdown_option(parser)
     args = parser.parse_args()
-    if args.markdown:
-        if not args.json:
-            parser.error("--markdown renders the file given by --json PATH; pass both")
-        with open(args.json) as f:
-            print("\n\n".join(render(json.load(f)).values()))
+    if print_stored_tables(parser, args, render):
         return
 
     print("compiling ...", flush=True)
