@@ -59,12 +59,10 @@ from numpyro_ebm.distributions.base import softplus
 from numpyro_ebm.distributions.rbm import BernoulliRBM, bernoulli_draw
 from numpyro_ebm.infer.gibbs import _batched_key
 from numpyro_ebm.infer.priors import (
-    _is_masked,
     _unwrap,
-    _verified_per_unit_sites,
     per_unit_evidence,
 )
-from numpyro_ebm.infer.relaxed_priors import summed_out_evidence
+from numpyro_ebm.infer.relaxed_priors import summable_site, summed_out_evidence
 
 __all__ = ["CollapsedGibbs", "CollapsedGibbsState", "CollapsedModel", "collapse"]
 
@@ -191,37 +189,17 @@ def collapse(
     >>> bool(jnp.isfinite(log_density(collapsed, (y,), {}, values)[0]))
     True
     """
-    model_kwargs = {} if model_kwargs is None else dict(model_kwargs)
-    model_trace = prototype_trace(conditioned(model), random.key(0), model_args, model_kwargs)
-    if site not in model_trace or model_trace[site]["is_observed"]:
-        raise ValueError(f"site must be a latent sample site of the model; got {site!r}.")
-    fn = model_trace[site]["fn"]
-    if _is_masked(fn) or model_trace[site].get("scale") is not None:
-        raise ValueError(
-            f"site {site!r} is masked or scaled; remove the mask/scale from the EBM site."
-        )
-    distribution = _unwrap(fn)
-    if not isinstance(distribution, BernoulliRBM):
-        raise ValueError(
-            f"site {site!r} has distribution {type(distribution).__name__}; collapse needs a "
-            "BernoulliRBM (hidden units to condition on). Use EBMGibbs or relax instead."
-        )
-    shape = tuple(jnp.shape(model_trace[site]["value"]))
-    if tuple(distribution.batch_shape) or shape != tuple(distribution.event_shape):
-        raise ValueError(
-            f"site {site!r} has batch shape {shape[:-1]}; collapse supports a single "
-            "(unbatched, unplated) BernoulliRBM. Use EBMGibbs instead."
-        )
-    with jax.ensure_compile_time_eval():
-        sites = _verified_per_unit_sites(
-            conditioned(model), site, distribution, model_args, model_kwargs
-        )
-    if sites is None:
-        raise ValueError(
-            f"the rest of the model does not factorize per unit of site {site!r} (a unit "
-            "enters other units' log-density terms, or a site that is not elementwise); "
-            "collapsing needs per-unit terms. Use EBMGibbs(model, factorized=None) instead."
-        )
+
+    def check_family(distribution):
+        if not isinstance(distribution, BernoulliRBM):
+            raise ValueError(
+                f"site {site!r} has distribution {type(distribution).__name__}; collapse needs "
+                "a BernoulliRBM (hidden units to condition on). Use EBMGibbs or relax instead."
+            )
+
+    distribution, _, sites = summable_site(
+        model, site, model_args, model_kwargs, check_family, "collapse", "collapsing"
+    )
     return CollapsedModel(model, site, distribution, sites)
 
 

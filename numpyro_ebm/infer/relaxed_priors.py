@@ -60,6 +60,42 @@ from numpyro_ebm.infer.relaxed_hmc import _form_of, relaxation
 __all__ = ["RelaxedModel", "relax"]
 
 
+def summable_site(model, site, model_args, model_kwargs, check_family, user, needs):
+    """Validate the binary EBM ``site`` of ``model`` for summing its units out one by one
+    (``relax``, ``collapse``): a latent, unmasked, unscaled, unbatched site whose family
+    ``check_family`` accepts (it raises otherwise), and a rest of the model verified to
+    factorize per unit. Returns ``(distribution, shape, per_unit_sites)``; the errors name
+    ``user`` (the function) and ``needs`` (what needs the per-unit terms)."""
+    model_kwargs = {} if model_kwargs is None else dict(model_kwargs)
+    model_trace = prototype_trace(conditioned(model), random.key(0), model_args, model_kwargs)
+    if site not in model_trace or model_trace[site]["is_observed"]:
+        raise ValueError(f"site must be a latent sample site of the model; got {site!r}.")
+    fn = model_trace[site]["fn"]
+    if _is_masked(fn) or model_trace[site].get("scale") is not None:
+        raise ValueError(
+            f"site {site!r} is masked or scaled; remove the mask/scale from the EBM site."
+        )
+    distribution = _unwrap(fn)
+    check_family(distribution)
+    shape = tuple(jnp.shape(model_trace[site]["value"]))
+    if tuple(distribution.batch_shape) or shape != tuple(distribution.event_shape):
+        raise ValueError(
+            f"site {site!r} has batch shape {shape[: len(shape) - len(distribution.event_shape)]}"
+            f"; {user} supports a single (unbatched, unplated) prior. Use EBMGibbs instead."
+        )
+    with jax.ensure_compile_time_eval():
+        sites = _verified_per_unit_sites(
+            conditioned(model), site, distribution, model_args, model_kwargs
+        )
+    if sites is None:
+        raise ValueError(
+            f"the rest of the model does not factorize per unit of site {site!r} (a unit "
+            "enters other units' log-density terms, or a site that is not elementwise); "
+            f"{needs} needs per-unit terms. Use EBMGibbs(model, factorized=None) instead."
+        )
+    return distribution, shape, tuple(sites)
+
+
 def summed_out_evidence(model, site, low, high, per_unit_sites, args, kwargs) -> jax.Array:
     """Inside a model that sums the binary ``site`` out unit by unit: run the rest of
     ``model`` with every unit ``low`` (its sites registered with the outer handlers, so
@@ -210,31 +246,7 @@ def relax(
     >>> v.shape, sorted(set(v.ravel().tolist())) <= [0, 1]
     ((20, 4), True)
     """
-    model_kwargs = {} if model_kwargs is None else dict(model_kwargs)
-    model_trace = prototype_trace(conditioned(model), random.key(0), model_args, model_kwargs)
-    if site not in model_trace or model_trace[site]["is_observed"]:
-        raise ValueError(f"site must be a latent sample site of the model; got {site!r}.")
-    fn = model_trace[site]["fn"]
-    if _is_masked(fn) or model_trace[site].get("scale") is not None:
-        raise ValueError(
-            f"site {site!r} is masked or scaled; remove the mask/scale from the EBM site."
-        )
-    distribution = _unwrap(fn)
-    _form_of(distribution)  # raises for unsupported families
-    shape = tuple(jnp.shape(model_trace[site]["value"]))
-    if tuple(distribution.batch_shape) or shape != tuple(distribution.event_shape):
-        raise ValueError(
-            f"site {site!r} has batch shape {shape[: len(shape) - len(distribution.event_shape)]}"
-            "; relax supports a single (unbatched, unplated) prior. Use EBMGibbs instead."
-        )
-    with jax.ensure_compile_time_eval():
-        sites = _verified_per_unit_sites(
-            conditioned(model), site, distribution, model_args, model_kwargs
-        )
-    if sites is None:
-        raise ValueError(
-            f"the rest of the model does not factorize per unit of site {site!r} (a unit "
-            "enters other units' log-density terms, or a site that is not elementwise); the "
-            "relaxation needs per-unit terms. Use EBMGibbs(model, factorized=None) instead."
-        )
-    return RelaxedModel(model, site, distribution, tuple(sites), shape, shift)
+    distribution, shape, sites = summable_site(
+        model, site, model_args, model_kwargs, _form_of, "relax", "the relaxation"
+    )
+    return RelaxedModel(model, site, distribution, sites, shape, shift)
