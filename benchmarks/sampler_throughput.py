@@ -9,8 +9,12 @@ RBM, 784 visible x 500 hidden, 100 and 1,000 chains (``BernoulliRBM.gibbs_sweep`
 
 - the library's sweep (uniforms two per threefry block, :func:`numpyro_ebm.distributions.
   rbm.uniform`);
+- the same sweep with its uniforms hashed by JAX's ``threefry2x32`` primitive (the same
+  bits; on CPU the primitive runs its rounds in a rolled loop that stores both words after
+  every group of four rounds, where the library's elementwise hash fuses into the sweep);
 - the same sweep with ``jax.random.uniform`` (one threefry block per uniform: the library's
-  sweep before this change), traced from the library's code with ``uniform`` swapped back;
+  sweep before it drew two uniforms per block), traced from the library's code with
+  ``uniform`` swapped back;
 - the same sweep without random numbers (the probabilities themselves: mean field; a
   diagnostic, not a sampler, to show what the random numbers cost);
 - the matrix-multiply roofline: only the sweep's two products ``v W`` and ``h W^T``
@@ -24,8 +28,8 @@ colours stored as half-size arrays), against a vectorized NumPy checkerboard wri
 (float32, ``np.roll`` neighbour sums, one ``Generator.random`` draw per site and sweep,
 PCG64), the library's previous sweep (``IsingLattice._masked_sweep``: every colour computes
 the conditionals of all sites and keeps its own, still used for odd periodic sides) and the
-library's sweep with ``jax.random.uniform``. Updates per second count every site once per
-sweep.
+library's sweep with the primitive's hash and with ``jax.random.uniform``. Updates per
+second count every site once per sweep.
 
 Other samplers, uniforms two per threefry block against ``jax.random.uniform``: a dense
 64-unit ``BoltzmannMachine`` (couplings N(0, 0.1^2): one unit per colour, the sequential
@@ -73,6 +77,7 @@ from common import (
     write_json,
 )
 from jax import lax, random
+from jax.extend.random import threefry2x32_p
 
 import numpyro_ebm.distributions.boltzmann as boltzmann_module
 import numpyro_ebm.distributions.potts as potts_module
@@ -87,6 +92,7 @@ ROOFLINE = "matmul roofline (v W, h W^T only)"
 NUMPY_ISING = "NumPy vectorized checkerboard (float32, PCG64)"
 LIBRARY_ISING = "numpyro_ebm IsingLattice.gibbs_sweep"
 PLAIN_UNIFORM = "with jax.random.uniform (before)"
+ROLLED_HASH = "with JAX's threefry primitive (rolled loop on CPU) for its uniforms"
 LIBRARY_OTHER = "numpyro_ebm gibbs_sweep"
 
 
@@ -106,6 +112,20 @@ def jax_random_uniform():
     finally:
         for m, f in zip(modules, saved, strict=True):
             m.uniform = f
+
+
+@contextlib.contextmanager
+def rolled_threefry():
+    """Trace the library's sweeps with the uniforms two per block hashed by JAX's
+    ``threefry2x32`` primitive (on CPU a rolled loop that stores both words after every
+    group of rounds) instead of the library's elementwise :func:`~numpyro_ebm.distributions.
+    rbm.threefry2x32` (the same bits, fused into the sweep)."""
+    saved = rbm_module.threefry2x32
+    rbm_module.threefry2x32 = threefry2x32_p.bind
+    try:
+        yield
+    finally:
+        rbm_module.threefry2x32 = saved
 
 
 def compiled_scan(sweep, x0, num_sweeps):
@@ -148,6 +168,8 @@ def rbm_variants(num_chains: int, num_sweeps: int):
     library, mem = compiled_scan(rbm.gibbs_sweep, x0, num_sweeps)
     with jax_random_uniform():
         previous, _ = compiled_scan(rbm.gibbs_sweep, x0, num_sweeps)
+    with rolled_threefry():
+        rolled, _ = compiled_scan(rbm.gibbs_sweep, x0, num_sweeps)
 
     def mean_field(key, v):
         del key
@@ -173,6 +195,7 @@ def rbm_variants(num_chains: int, num_sweeps: int):
     return {
         **rows,
         LIBRARY_RBM: (library, mem),
+        f"gibbs_sweep {ROLLED_HASH}": (rolled, float("nan")),
         "gibbs_sweep with jax.random.uniform (before)": (previous, float("nan")),
         "sweep without random numbers (mean field, diagnostic)": (no_draws, float("nan")),
         ROOFLINE: (roofline, float("nan")),
@@ -213,8 +236,11 @@ def ising_variants(side: int, jax_sweeps: int, numpy_sweeps: int):
     )
     with jax_random_uniform():
         plain, _ = compiled_scan(lattice.gibbs_sweep, s0, jax_sweeps)
+    with rolled_threefry():
+        rolled, _ = compiled_scan(lattice.gibbs_sweep, s0, jax_sweeps)
     return {
         LIBRARY_ISING: (library, mem, jax_sweeps),
+        f"gibbs_sweep {ROLLED_HASH}": (rolled, float("nan"), jax_sweeps),
         "whole-lattice masked sweep (the previous gibbs_sweep)": (masked, masked_mem, jax_sweeps),
         f"gibbs_sweep {PLAIN_UNIFORM}": (plain, float("nan"), jax_sweeps),
         NUMPY_ISING: (
@@ -247,9 +273,12 @@ def other_variants():
         library, _ = compiled_scan(model.gibbs_sweep, x0, sweeps)
         with jax_random_uniform():
             plain, _ = compiled_scan(model.gibbs_sweep, x0, sweeps)
+        with rolled_threefry():
+            rolled, _ = compiled_scan(model.gibbs_sweep, x0, sweeps)
         units = math.prod(chains) * math.prod(model.event_shape)
         out[name] = {
             LIBRARY_OTHER: (library, sweeps, units),
+            f"gibbs_sweep {ROLLED_HASH}": (rolled, sweeps, units),
             f"gibbs_sweep {PLAIN_UNIFORM}": (plain, sweeps, units),
         }
     return out

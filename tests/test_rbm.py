@@ -175,3 +175,26 @@ def test_softplus_value_and_derivative_match_jax_everywhere_including_zero():
     assert float(jax.grad(softplus)(0.0)) == 0.5
     second = jax.vmap(jax.grad(jax.grad(softplus)))(x)
     np.testing.assert_allclose(second, jax.vmap(jax.grad(jax.nn.sigmoid))(x), atol=1e-7)
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 5), (2, 3, 4)])
+def test_threefry2x32_is_jax_threefry_bit_for_bit(shape):
+    """The samplers' elementwise Threefry-2x32 (fused by XLA into its consumer) must be the
+    hash behind jax.random exactly, so the uniforms the exactness tests validate are the
+    ones JAX's primitive gives: compare every output word on several keys and counters,
+    including the largest counter and keys with every bit set."""
+    from jax.extend.random import threefry2x32_p
+
+    from numpyro_ebm.distributions.rbm import threefry2x32
+
+    rng = np.random.default_rng(0)
+    size = int(np.prod(shape))
+    for key0, key1 in [(0, 0), (0xFFFFFFFF, 0xFFFFFFFF), (12345, 678910)]:
+        x0 = rng.integers(0, 2**32, size, dtype=np.uint32).reshape(shape)
+        x1 = np.arange(size, dtype=np.uint32).reshape(shape)
+        x1.flat[-1] = 0xFFFFFFFF
+        args = (jnp.uint32(key0), jnp.uint32(key1), jnp.asarray(x0), jnp.asarray(x1))
+        ours = jax.jit(threefry2x32)(*args)
+        theirs = threefry2x32_p.bind(*args)
+        for a, b in zip(ours, theirs, strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -8,7 +8,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax import lax, random
-from jax.extend.random import threefry2x32_p
 from numpyro.distributions import Bernoulli, constraints
 
 from numpyro_ebm.distributions.base import (
@@ -61,6 +60,37 @@ def batch_shape_of(owner: str, **shapes: tuple[int, ...]) -> tuple[int, ...]:
 UNIFORM_BITS = 24
 
 
+#: Rotation distances of the Threefry-2x32 rounds (Salmon et al., "Parallel random numbers:
+#: as easy as 1, 2, 3", SC 2011), four rounds per group, the two lists alternating.
+_THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+#: The key-schedule parity constant of Threefish/Threefry for 32-bit words.
+_THREEFRY_PARITY = 0x1BD11BDA
+
+
+def threefry2x32(key0: jax.Array, key1: jax.Array, x0: jax.Array, x1: jax.Array):
+    """The Threefry-2x32 hash with 20 rounds, elementwise: the same function, bit for bit, as
+    JAX's ``threefry2x32`` primitive behind ``jax.random`` (a test checks it).
+
+    The primitive's CPU lowering runs its five groups of rounds in a rolled loop, which
+    writes both words to memory and reads them back after every group; written out as one
+    elementwise expression, XLA fuses the whole hash into the operation that consumes its
+    words (one pass over memory), which makes the samplers' random numbers cheaper
+    (``benchmarks/sampler_throughput.py``).
+    """
+    keys = (key0, key1, key0 ^ key1 ^ jnp.uint32(_THREEFRY_PARITY))
+    x0 = x0 + keys[0]
+    x1 = x1 + keys[1]
+    for group in range(5):
+        for distance in _THREEFRY_ROTATIONS[group % 2]:
+            x0 = x0 + x1
+            x1 = (x1 << jnp.uint32(distance)) | (x1 >> jnp.uint32(32 - distance))
+            x1 = x0 ^ x1
+        # Key injection after every group of four rounds.
+        x0 = x0 + keys[(group + 1) % 3]
+        x1 = x1 + keys[(group + 2) % 3] + jnp.uint32(group + 1)
+    return x0, x1
+
+
 def _threefry_pairs(rng_key: jax.Array, shape: tuple[int, ...]) -> jax.Array | None:
     """``shape`` random ``uint32`` words, two per threefry block (both output words of block
     ``(..., j)``, counted over ``shape[:-1] + (ceil(m / 2),)``), or None where this does
@@ -70,7 +100,7 @@ def _threefry_pairs(rng_key: jax.Array, shape: tuple[int, ...]) -> jax.Array | N
     words XORed into one, per number; using both words halves the generator's work. The
     two words of block ``(..., j)`` go to units ``j`` and ``j + ceil(m / 2)`` of the last
     axis, so the leading (chain) axes stay independent: the words do not depend on how
-    those axes are sharded across devices."""
+    those axes are sharded across devices. The hash is :func:`threefry2x32`."""
     key_ndim = 0 if jax.dtypes.issubdtype(rng_key.dtype, jax.dtypes.prng_key) else 1
     if rng_key.ndim != key_ndim or random.key_impl(rng_key) != "threefry2x32":
         return None
@@ -84,7 +114,7 @@ def _threefry_pairs(rng_key: jax.Array, shape: tuple[int, ...]) -> jax.Array | N
         count = count + jnp.uint32(stride) * lax.broadcasted_iota(jnp.uint32, half, axis)
         stride *= half[axis]
     data = random.key_data(rng_key)
-    first, second = threefry2x32_p.bind(data[0], data[1], jnp.zeros_like(count), count)
+    first, second = threefry2x32(data[0], data[1], jnp.zeros_like(count), count)
     return jnp.concatenate([first, second], -1)[..., :m]
 
 
