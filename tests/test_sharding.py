@@ -225,8 +225,12 @@ def test_uniforms_two_per_block_are_uniform_independent_and_shard_invariant():
     np.testing.assert_array_equal(np.asarray(sharded), draws)
 
 
-def test_uniforms_in_float64_are_jax_random_uniform(x64):
-    np.testing.assert_array_equal(
-        uniform(jax.random.key(3), (4, 5), jnp.float64),
-        jax.random.uniform(jax.random.key(3), (4, 5), jnp.float64),
-    )
+@pytest.mark.parametrize("shape", [(7,), (4, 5), (2, 3, 5)])
+def test_uniforms_in_float64_are_jax_random_uniform(x64, shape):
+    """float64 uniforms come from the library's fused hash but must equal jax.random's, bit
+    for bit (the same blocks, the same 52 mantissa bits), on plain and typed keys."""
+    for key in (jax.random.key(3), jax.random.PRNGKey(4), jax.random.key(2**31 + 5)):
+        np.testing.assert_array_equal(
+            jax.jit(lambda k: uniform(k, shape, jnp.float64))(key),
+            jax.random.uniform(key, shape, jnp.float64),
+        )

@@ -7,6 +7,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax, random
 from numpyro.distributions import Bernoulli, constraints
 
@@ -91,31 +92,41 @@ def threefry2x32(key0: jax.Array, key1: jax.Array, x0: jax.Array, x1: jax.Array)
     return x0, x1
 
 
-def _threefry_pairs(rng_key: jax.Array, shape: tuple[int, ...]) -> jax.Array | None:
-    """``shape`` random ``uint32`` words, two per threefry block (both output words of block
-    ``(..., j)``, counted over ``shape[:-1] + (ceil(m / 2),)``), or None where this does
-    not apply (a non-threefry or batched key, more than ``2**32`` blocks).
-
-    ``random.uniform`` (partitionable threefry, JAX's default) spends a whole block, two
-    words XORed into one, per number; using both words halves the generator's work. The
-    two words of block ``(..., j)`` go to units ``j`` and ``j + ceil(m / 2)`` of the last
-    axis, so the leading (chain) axes stay independent: the words do not depend on how
-    those axes are sharded across devices. The hash is :func:`threefry2x32`."""
+def _threefry_blocks(rng_key: jax.Array, shape: tuple[int, ...]):
+    """The two output words of threefry blocks ``0 .. prod(shape) - 1`` (row-major over
+    ``shape``; the counter's high word 0), as two ``uint32`` arrays of ``shape``, or None
+    where this does not apply (a non-threefry or batched key, ``2**32`` blocks or more).
+    These are the blocks ``jax.random.bits`` hashes for ``shape`` (partitionable threefry,
+    JAX's default), hashed by :func:`threefry2x32`."""
     key_ndim = 0 if jax.dtypes.issubdtype(rng_key.dtype, jax.dtypes.prng_key) else 1
     if rng_key.ndim != key_ndim or random.key_impl(rng_key) != "threefry2x32":
         return None
-    m = shape[-1]
-    half = shape[:-1] + ((m + 1) // 2,)
-    if math.prod(half) >= 2**32:
+    if math.prod(shape) >= 2**32:
         return None
-    count = jnp.zeros(half, jnp.uint32)
+    count = jnp.zeros(shape, jnp.uint32)
     stride = 1
-    for axis in range(len(half) - 1, -1, -1):
-        count = count + jnp.uint32(stride) * lax.broadcasted_iota(jnp.uint32, half, axis)
-        stride *= half[axis]
+    for axis in range(len(shape) - 1, -1, -1):
+        count = count + jnp.uint32(stride) * lax.broadcasted_iota(jnp.uint32, shape, axis)
+        stride *= shape[axis]
     data = random.key_data(rng_key)
-    first, second = threefry2x32(data[0], data[1], jnp.zeros_like(count), count)
-    return jnp.concatenate([first, second], -1)[..., :m]
+    return threefry2x32(data[0], data[1], jnp.zeros_like(count), count)
+
+
+def _threefry_pairs(rng_key: jax.Array, shape: tuple[int, ...]) -> jax.Array | None:
+    """``shape`` random ``uint32`` words, two per threefry block (both output words of block
+    ``(..., j)``, counted over ``shape[:-1] + (ceil(m / 2),)``), or None where this does
+    not apply (see :func:`_threefry_blocks`).
+
+    ``random.uniform`` (partitionable threefry, JAX's default) spends a whole block, two
+    words XORed into one, per float32 number; using both words halves the generator's
+    work. The two words of block ``(..., j)`` go to units ``j`` and ``j + ceil(m / 2)`` of
+    the last axis, so the leading (chain) axes stay independent: the words do not depend on
+    how those axes are sharded across devices."""
+    m = shape[-1]
+    blocks = _threefry_blocks(rng_key, shape[:-1] + ((m + 1) // 2,))
+    if blocks is None:
+        return None
+    return jnp.concatenate(blocks, -1)[..., :m]
 
 
 def uniform(rng_key: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
@@ -127,7 +138,9 @@ def uniform(rng_key: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array
     block: a Bernoulli draw ``U < p`` then has probability ``ceil(2**24 p) / 2**24``, ``p``
     rounded up by less than ``2**-24`` = 6e-8 in absolute terms (the size of the float32
     rounding error of ``p`` near 1; half the grid spacing of ``random.uniform``'s float32
-    uniforms). Other dtypes: ``random.uniform``.
+    uniforms). In float64 they are ``random.uniform``'s, bit for bit (one block of 64 bits
+    per number, 52 of them used), with the hash fused into the consumer. Other dtypes and
+    keys: ``random.uniform``.
 
     >>> import jax
     >>> from numpyro_ebm.distributions.rbm import uniform
@@ -136,11 +149,22 @@ def uniform(rng_key: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array
     ((3, 5), True)
     """
     shape = tuple(shape)
-    if jnp.dtype(dtype) == jnp.float32 and shape and math.prod(shape) > 0:
-        words = _threefry_pairs(rng_key, shape)
-        if words is not None:
-            scale = jnp.float32(2.0**-UNIFORM_BITS)  # exact: integers below 2**24
-            return (words >> (32 - UNIFORM_BITS)).astype(jnp.float32) * scale
+    dtype = jnp.dtype(dtype)
+    if shape and math.prod(shape) > 0:
+        if dtype == jnp.float32:
+            words = _threefry_pairs(rng_key, shape)
+            if words is not None:
+                scale = jnp.float32(2.0**-UNIFORM_BITS)  # exact: integers below 2**24
+                return (words >> (32 - UNIFORM_BITS)).astype(jnp.float32) * scale
+        elif dtype == jnp.float64 and jax.config.jax_enable_x64:
+            blocks = _threefry_blocks(rng_key, shape)
+            if blocks is not None:
+                high, low = (w.astype(jnp.uint64) for w in blocks)
+                bits = (high << jnp.uint64(32)) | low
+                # 52 random mantissa bits under the exponent of 1.0: a float in [1, 2).
+                one = jnp.uint64(np.array(1.0, np.float64).view(np.uint64))
+                floats = lax.bitcast_convert_type((bits >> jnp.uint64(12)) | one, jnp.float64)
+                return floats - 1.0
     return random.uniform(rng_key, shape, dtype)
 
 
