@@ -111,9 +111,39 @@ def timed(fn):
     return out, seconds, others
 
 
+TABLES = ("throughput", "rbm", "ising")
+
+
 def render(data: dict) -> dict[str, str]:
-    """The markdown table of a run from the JSON that ``--json`` writes."""
-    return {"rows": markdown_table(data["rows"])}
+    """The markdown tables of a run from the JSON that ``--json`` writes: throughput against
+    the roofline, the full-length RBM runs, the Ising lattice (rows by their ``table``)."""
+    out = {}
+    for table in TABLES:
+        rows = [r for r in data["rows"] if r.get("table") == table]
+        columns = []
+        for r in rows:
+            columns += [c for c in r if c != "table" and c not in columns]
+        out[table] = markdown_table([{c: _format(c, r.get(c, "")) for c in columns} for r in rows])
+    return out
+
+
+#: Decimal places of the numeric columns (the rest: 4 significant digits).
+DECIMALS = {
+    "seconds": 1,
+    "GFLOP/s": 0,
+    "of roofline": 2,
+    "log Z": 2,
+    "ESS": 1,
+    "peak RSS (MiB)": 0,
+    "log Z / site": 6,
+    "Onsager log Z / site": 6,
+}
+
+
+def _format(column, value):
+    if isinstance(value, float) and column in DECIMALS:
+        return f"{value:.{DECIMALS[column]}f}"
+    return value
 
 
 def main():
@@ -170,6 +200,7 @@ def main():
     for k, label in (("roof", "matmul roofline, 2 products/temperature"), ("ais", "AIS")):
         rows.append(
             {
+                "table": "throughput",
                 "row": f"{label}, {short} temperatures, median of {args.rounds} interleaved",
                 "seconds": med[k],
                 "others' CPU": f"{100 * median([s for _, s in samples[k]]):.0f}%",
@@ -193,6 +224,7 @@ def main():
         lo, hi = (float(x) for x in result.log_partition_interval)
         rows.append(
             {
+                "table": "rbm",
                 "row": f"AIS forward, 784x500 RBM, seed {seed}"
                 + (" (first call: includes compilation)" if seed == 10 else ""),
                 "seconds": seconds,
@@ -213,6 +245,7 @@ def main():
     ll, seconds, others = timed(both)
     rows.append(
         {
+            "table": "rbm",
             "row": "log_likelihood of 100 held-out images (forward + reverse: 2 runs, "
             "compiles the reverse one)",
             "seconds": seconds,
@@ -247,6 +280,7 @@ def main():
         lo, hi = (float(x) / n for x in result.log_partition_interval)
         rows.append(
             {
+                "table": "ising",
                 "row": f"AIS forward, {size}x{size} Ising K={coupling}, {args.ising_chains} "
                 f"chains, {num_temperatures} temperatures (includes compilation)",
                 "seconds": seconds,
@@ -260,9 +294,9 @@ def main():
         )
         print(markdown_table(rows[-1:]), flush=True)
 
-    print()
-    print(markdown_table(rows))
-    write_json(args.json, {"rows": rows, "args": vars(args), "machine": info})
+    data = {"rows": rows, "args": vars(args), "machine": info}
+    print("\n" + "\n\n".join(render(data).values()))
+    write_json(args.json, data)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ so that the ratios compare like with like on a shared machine:
 Each row gives the median over repeats taken while other processes used less than 10% of
 the machine ("quiet"), the median over all repeats, and the others' mean CPU share.
 
-Run: ``python benchmarks/diagnostics_overhead.py [--repeats 5]`` (a few minutes on 2 cores).
+Run: ``python benchmarks/diagnostics_overhead.py [--repeats 5] [--json PATH]`` (a few
+minutes on 2 cores); ``--markdown`` with ``--json PATH`` prints the table of an earlier
+run's JSON (:func:`render`) without measuring.
 """
 
 from __future__ import annotations
@@ -28,7 +30,16 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import Stopwatch, describe_machine, machine_info, markdown_table, quiet_median
+from common import (
+    Stopwatch,
+    add_markdown_option,
+    describe_machine,
+    machine_info,
+    markdown_table,
+    print_stored_tables,
+    quiet_median,
+    write_json,
+)
 from jax import lax, random
 from sklearn.datasets import load_digits
 
@@ -61,12 +72,26 @@ def _row(name, samples, baseline=None):
     return row
 
 
+def render(data: dict) -> dict[str, str]:
+    """The markdown table of a run from the JSON that ``--json`` writes."""
+    return {"rows": markdown_table(data["rows"], COLUMNS)}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", default=None, help="write the rows to this JSON file")
+    add_markdown_option(parser)
     args = parser.parse_args()
+    if print_stored_tables(parser, args, render):
+        return
     info = machine_info()
     print(describe_machine(info), "\n")
+    table = []
+
+    def show(rows):
+        table.extend(rows)
+        print(markdown_table(rows, COLUMNS), "\n", flush=True)
 
     rbm = BernoulliRBM(0.1 * random.normal(random.key(0), (64, 16)))
     start = rbm.random_state(random.key(1), (100,))
@@ -95,11 +120,12 @@ def main():
             fn(random.key(10 + r))
             sampling[name].append(watch.read())
     base = float(np.median([t for t, _ in sampling["plain"]]))
-    rows = [
-        _row("Gibbs, 100 chains x 1,000 sweeps, nothing kept", sampling["plain"]),
-        _row("the same keeping per-chain summaries (trace_gibbs)", sampling["traced"], base),
-    ]
-    print(markdown_table(rows, COLUMNS), "\n")
+    show(
+        [
+            _row("Gibbs, 100 chains x 1,000 sweeps, nothing kept", sampling["plain"]),
+            _row("the same keeping per-chain summaries (trace_gibbs)", sampling["traced"], base),
+        ]
+    )
 
     trace, _ = trace_gibbs(random.key(3), rbm, start[:8], num_draws)
     report(trace)  # import ArviZ first
@@ -108,10 +134,7 @@ def main():
         watch = Stopwatch()
         report(trace)
         samples.append(watch.read())
-    print(
-        markdown_table([_row("report, 8 chains x 1,000 draws, 2 quantities", samples)], COLUMNS),
-        "\n",
-    )
+    show([_row("report, 8 chains x 1,000 draws, 2 quantities", samples)])
 
     # One monitor diagnosis on its own: 100 PCD steps on a copy of 100 chains, then the
     # report (compiled once; the fit rows below include compilation).
@@ -124,7 +147,7 @@ def main():
         diagnose(random.key(7 + r), pcd, pcd_state, rbm, num_draws=100)
         samples.append(watch.read())
     name = "one diagnosis: 100 PCD steps x 100 chains + report"
-    print(markdown_table([_row(name, samples)], COLUMNS), "\n")
+    show([_row(name, samples)])
 
     images = (load_digits().data > 7).astype(np.int32)
     data = jnp.asarray(images[np.random.default_rng(0).permutation(len(images))][:1437])
@@ -155,7 +178,10 @@ def main():
     base = float(np.median([t for t, _ in timings[names[0]]]))
     rows = [_row(names[0], timings[names[0]])]
     rows += [_row(name, timings[name], base) for name in names[1:]]
-    print(markdown_table(rows, COLUMNS))
+    show(rows)
+    data = {"machine": info, "rows": table, "repeats": args.repeats}
+    print("\n\n".join(render(data).values()))
+    write_json(args.json, data)
 
 
 if __name__ == "__main__":

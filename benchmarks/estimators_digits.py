@@ -194,8 +194,18 @@ def within(snapshots, budget):
 
 # ---------------------------------------------------------------------- main
 def render(data: dict) -> dict[str, str]:
-    """The markdown table of a run from the JSON that ``--json`` writes."""
-    return {"rows": markdown_table(data["rows"])}
+    """The markdown of a run from the JSON that ``--json`` writes: scikit-learn's validation
+    scores (which chose its learning rate), then the table."""
+    scores = " / ".join(f"{float(v):.2f}" for v in data["sklearn_validation_ll"].values())
+    rates = " / ".join(data["sklearn_validation_ll"])
+    return {
+        "validation": (
+            f"scikit-learn's learning rate was chosen on a validation split (each candidate "
+            f"given the same {data['settings']['budget']:g} s): validation LL for {rates}: "
+            f"{scores}."
+        ),
+        "rows": markdown_table(data["rows"]),
+    }
 
 
 def main():

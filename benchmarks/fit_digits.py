@@ -13,20 +13,29 @@ seed, 1,437 for training and 360 held out. scikit-learn's configuration is selec
 validation split of the training set (the last 287 training digits), then refitted on the
 whole training set with three seeds.
 
-Run: ``python benchmarks/fit_digits.py [--num-hidden 16] [--seeds 3]`` (a few minutes on
-2 CPU cores).
+Run: ``python benchmarks/fit_digits.py [--num-hidden 16] [--seeds 3] [--json PATH]`` (about
+80 s on 2 quiet CPU cores); ``--markdown`` with ``--json PATH`` prints the tables of an
+earlier run's JSON (:func:`render`) without measuring.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import time
 import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from common import (
+    Stopwatch,
+    add_markdown_option,
+    describe_machine,
+    machine_info,
+    markdown_table,
+    print_stored_tables,
+    write_json,
+)
 from sklearn.datasets import load_digits
 from sklearn.neural_network import BernoulliRBM as SklearnRBM
 
@@ -54,20 +63,61 @@ def from_sklearn(model: SklearnRBM) -> BernoulliRBM:
 
 
 def fit_sklearn(data, num_hidden, seed, **params):
+    """The fitted model, seconds and the share of the CPU others used meanwhile."""
     model = SklearnRBM(n_components=num_hidden, random_state=seed, **params)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        start = time.perf_counter()
+        watch = Stopwatch()
         model.fit(data)
-    return from_sklearn(model), time.perf_counter() - start
+        seconds, others = watch.read()
+    return from_sklearn(model), seconds, others
+
+
+def row(method, seed, model, train, test, seconds, others, notes):
+    return {
+        "method": method,
+        "seed": seed,
+        "train LL": f"{log_likelihood(model, train):.3f}",
+        "test LL": f"{log_likelihood(model, test):.3f}",
+        "time (s)": f"{seconds:.1f}",
+        "others' CPU": "" if others is None else f"{others:.0%}",
+        "notes": notes,
+    }
+
+
+def render(data: dict) -> dict[str, str]:
+    """The markdown of a run from the JSON that ``--json`` writes: the rows, then the mean
+    held-out log-likelihood of each library over seeds."""
+    rows = data["rows"]
+
+    def summary(prefix):
+        test = [float(r["test LL"]) for r in rows if r["method"].startswith(prefix)]
+        return f"{np.mean(test):.3f} +- {np.std(test):.3f}"
+
+    return {
+        "rows": markdown_table(rows),
+        "summary": (
+            f"Mean held-out LL (sd over {data['seeds']} seeds): numpyro_ebm "
+            f"{summary('numpyro_ebm')}, scikit-learn tuned {summary('sklearn')}; the "
+            f"scikit-learn grid of {data['grid_size']} configurations took "
+            f"{data['grid_seconds']:.1f} s. Best configuration on the validation split: "
+            f"{data['best']}."
+        ),
+    }
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--num-hidden", type=int, default=16)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--json", default=None, help="write the rows to this JSON file")
+    add_markdown_option(parser)
     args = parser.parse_args()
+    if print_stored_tables(parser, args, render):
+        return
 
+    info = machine_info()
+    print(describe_machine(info), flush=True)
     images = (load_digits().data > 7).astype(np.int32)
     images = images[np.random.default_rng(0).permutation(len(images))]
     train, test = images[:1437], images[1437:]
@@ -80,75 +130,55 @@ def main():
         init = BernoulliRBM(
             0.01 * jax.random.normal(jax.random.key(100 + seed), (num_visible, args.num_hidden))
         )
-        start = time.perf_counter()
+        watch = Stopwatch()
         model, history = fit(jax.random.key(seed), init, train, progress_bar=False)
         jax.block_until_ready(model.weights)
-        seconds = time.perf_counter() - start
+        seconds, others = watch.read()
+        notes = f"{len(history.epoch)} epochs, compilation included"
         rows.append(
-            (
-                "numpyro_ebm fit (defaults)",
-                seed,
-                log_likelihood(model, train),
-                log_likelihood(model, test),
-                seconds,
-                f"{len(history.epoch)} epochs",
-            )
+            row("numpyro_ebm fit (defaults)", seed, model, train, test, seconds, others, notes)
         )
+        print(markdown_table(rows[-1:]), flush=True)
 
     # scikit-learn: grid on a validation split, refit on the training set.
     grid = [dict(zip(GRID, values, strict=True)) for values in itertools.product(*GRID.values())]
-    start = time.perf_counter()
+    watch = Stopwatch()
     scores = []
     for params in grid:
-        model, _ = fit_sklearn(subtrain, args.num_hidden, 0, **params)
+        model, _, _ = fit_sklearn(subtrain, args.num_hidden, 0, **params)
         scores.append(log_likelihood(model, valid))
-    grid_seconds = time.perf_counter() - start
+    grid_seconds, _ = watch.read()
     best = grid[int(np.nanargmax(scores))]
     print("sklearn grid (validation LL):")
     for params, score in sorted(zip(grid, scores, strict=True), key=lambda t: -t[1])[:5]:
         print(f"  {score:9.3f}  {params}")
+    best_text = ", ".join(f"{k}={v}" for k, v in best.items())
     for seed in range(args.seeds):
-        model, seconds = fit_sklearn(train, args.num_hidden, seed, **best)
+        model, seconds, others = fit_sklearn(train, args.num_hidden, seed, **best)
         rows.append(
-            (
-                "sklearn tuned (validation)",
-                seed,
-                log_likelihood(model, train),
-                log_likelihood(model, test),
-                seconds,
-                ", ".join(f"{k}={v}" for k, v in best.items()),
-            )
+            row("sklearn tuned (validation)", seed, model, train, test, seconds, others, best_text)
         )
     init_model = BernoulliRBM(
         0.01 * jax.random.normal(jax.random.key(100), (num_visible, args.num_hidden))
     )
-    rows.append(
-        (
-            "initial model",
-            0,
-            log_likelihood(init_model, train),
-            log_likelihood(init_model, test),
-            0.0,
-            "",
-        )
-    )
+    rows.append(row("initial model", 0, init_model, train, test, 0.0, None, ""))
 
+    data = {
+        "machine": info,
+        "rows": rows,
+        "seeds": args.seeds,
+        "num_hidden": args.num_hidden,
+        "grid_size": len(grid),
+        "grid_seconds": grid_seconds,
+        "grid_scores": [{**p, "validation LL": s} for p, s in zip(grid, scores, strict=True)],
+        "best": best_text,
+    }
     print(
         f"\nBinarized digits, {num_visible} visible x {args.num_hidden} hidden, exact "
-        f"log-likelihood per digit (nats); {len(train)} train / {len(test)} held out; "
-        f"sklearn grid of {len(grid)} configurations took {grid_seconds:.1f} s."
+        f"log-likelihood per digit (nats); {len(train)} train / {len(test)} held out.\n"
     )
-    header = f"{'method':<32}{'seed':>5}{'train LL':>10}{'test LL':>10}{'time (s)':>10}  notes"
-    print(header)
-    print("-" * len(header))
-    for name, seed, tr, te, sec, notes in rows:
-        print(f"{name:<32}{seed:>5}{tr:>10.3f}{te:>10.3f}{sec:>10.1f}  {notes}")
-    ours = [r[3] for r in rows if r[0].startswith("numpyro_ebm")]
-    theirs = [r[3] for r in rows if r[0].startswith("sklearn tuned")]
-    print(
-        f"\nmean held-out LL: numpyro_ebm {np.mean(ours):.3f} +- {np.std(ours):.3f}, "
-        f"sklearn tuned {np.mean(theirs):.3f} +- {np.std(theirs):.3f}"
-    )
+    print("\n\n".join(render(data).values()))
+    write_json(args.json, data)
 
 
 if __name__ == "__main__":

@@ -211,8 +211,10 @@ def _words(key, size):
 def _draw(key, logits, bits):
     """Bernoulli(sigmoid(logits)) as float32, from random bits drawn three ways:
 
-    - ``"uniform"``: ``random.uniform`` (what the library's ``bernoulli_draw`` does);
-    - ``"words32"``: uniforms with the same 23 random mantissa bits, two per threefry block;
+    - ``"uniform"``: ``random.uniform`` (one threefry block per draw);
+    - ``"words32"``: uniforms with the same 23 random mantissa bits, two per threefry block
+      hashed by JAX's primitive (the library's ``bernoulli_draw`` uses both words too, with
+      its own fused hash, :func:`numpyro_ebm.distributions.rbm.threefry2x32`);
     - ``"words16"``: 16-bit integers, four per threefry block (probabilities quantized to
       2^-16 instead of 2^-23);
     - ``"none"``: no draw at all, the probabilities themselves (mean field; not a sampler,

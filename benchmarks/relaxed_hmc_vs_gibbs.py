@@ -19,18 +19,28 @@ warm-up plus sampling run (compilation excluded, measured on a second call), the
 ``--repeats``. The mean energy is compared with the exact value (enumeration, ``n <= 20``)
 in units of its Monte Carlo standard error (``z``), a check that every sampler is right.
 
-Run: ``python benchmarks/relaxed_hmc_vs_gibbs.py [--sizes 16 32] [--chains 64]``.
+Run: ``python benchmarks/relaxed_hmc_vs_gibbs.py [--sizes 16 32] [--chains 64] [--json
+PATH]``; ``--markdown`` with ``--json PATH`` prints the table of an earlier run's JSON
+(:func:`render`) without measuring.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
 import arviz
 import jax
 import jax.numpy as jnp
 import numpy as np
+from common import (
+    Stopwatch,
+    add_markdown_option,
+    describe_machine,
+    machine_info,
+    markdown_table,
+    print_stored_tables,
+    write_json,
+)
 
 from numpyro_ebm import BoltzmannMachine, all_states
 from numpyro_ebm.infer import GibbsTransition
@@ -79,11 +89,13 @@ def sampler(transition, num_chains: int, num_warmup: int, num_draws: int):
 def measure(name, transition, bm, args, exact):
     run = sampler(transition, args.chains, args.warmup, args.draws)
     jax.block_until_ready(run(jax.random.key(0), bm))  # compile
-    best = np.inf
+    best, others = np.inf, float("nan")
     for r in range(args.repeats):
-        start = time.perf_counter()
+        watch = Stopwatch()
         energy, accept, divergences = jax.block_until_ready(run(jax.random.key(r + 1), bm))
-        best = min(best, time.perf_counter() - start)
+        seconds, share = watch.read()
+        if seconds < best:
+            best, others = seconds, share
     energy = np.asarray(energy, np.float64)
     ess = float(arviz.ess(energy))
     z = np.nan
@@ -91,15 +103,22 @@ def measure(name, transition, bm, args, exact):
         mcse = float(arviz.mcse(energy))
         z = (energy.mean() - exact) / mcse
     return {
+        "n": bm.num_units,
         "sampler": name,
-        "ess": ess,
-        "ess_per_draw": ess / energy.size,
-        "seconds": best,
-        "ess_per_s": ess / best,
-        "accept": float(accept),
+        "ESS": f"{ess:.0f}",
+        "ESS/draw": f"{ess / energy.size:.3f}",
+        "seconds (best)": f"{best:.3f}",
+        "ESS/s": f"{ess / best:.3g}",
+        "accept": "-" if name.startswith("block Gibbs") else f"{float(accept):.2f}",
         "divergences": int(divergences),
-        "z": z,
+        "z of mean energy": "-" if np.isnan(z) else f"{z:+.2f}",
+        "others' CPU": f"{others:.0%}",
     }
+
+
+def render(data: dict) -> dict[str, str]:
+    """The markdown table of a run from the JSON that ``--json`` writes."""
+    return {"rows": markdown_table(data["rows"])}
 
 
 def main():
@@ -110,7 +129,11 @@ def main():
     parser.add_argument("--draws", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, help="write the rows to this JSON file")
+    add_markdown_option(parser)
     args = parser.parse_args()
+    if print_stored_tables(parser, args, render):
+        return
 
     samplers = {
         "block Gibbs (1 sweep)": GibbsTransition(),
@@ -120,26 +143,23 @@ def main():
         "relaxed HMC margin=0.01": RelaxedHMC(shift=0.01),
         "relaxed HMC margin=1": RelaxedHMC(shift=1.0),
     }
+    info = machine_info()
+    print(describe_machine(info), flush=True)
     print(
-        f"jax {jax.__version__} on {jax.devices()[0].platform}; {args.chains} chains, "
-        f"{args.warmup} warm-up + {args.draws} draws; ESS = arviz.ess of the energy"
+        f"{args.chains} chains, {args.warmup} warm-up + {args.draws} draws; ESS = arviz.ess "
+        "of the energy",
+        flush=True,
     )
-    header = (
-        f"{'n':>3} {'sampler':<26} {'ESS':>8} {'ESS/draw':>9} {'time s':>8} {'ESS/s':>9} "
-        f"{'accept':>7} {'div':>5} {'z(E)':>6}"
-    )
-    print(header)
-    print("-" * len(header))
+    rows = []
     for n in args.sizes:
         bm = make_model(n, args.seed)
         exact = exact_mean_energy(bm)
         for name, transition in samplers.items():
-            row = measure(name, transition, bm, args, exact)
-            print(
-                f"{n:>3} {row['sampler']:<26} {row['ess']:>8.0f} {row['ess_per_draw']:>9.4f} "
-                f"{row['seconds']:>8.3f} {row['ess_per_s']:>9.0f} {row['accept']:>7.3f} "
-                f"{row['divergences']:>5d} {row['z']:>6.2f}"
-            )
+            rows.append(measure(name, transition, bm, args, exact))
+            print(markdown_table(rows[-1:]), flush=True)
+    data = {"machine": info, "rows": rows, "args": vars(args)}
+    print("\n" + "\n\n".join(render(data).values()))
+    write_json(args.json, data)
 
 
 if __name__ == "__main__":
