@@ -173,15 +173,17 @@ def run_fit(train, estimator, seed, budget, num_epochs):
     return snapshots, watch.read()[1]
 
 
-def calibrate(train, estimator, budget, num_epochs=8):
+def calibrate(train, estimator, budget, num_epochs=40):
     """Epochs that fit in ``budget`` (from a short run: compilation and epoch time)."""
     snapshots, _ = run_fit(train, estimator, 0, math.inf, num_epochs)
     times = np.array([t for t, _ in snapshots])
-    # The median epoch plus a 5% margin, so that the learning-rate schedule ends inside the
-    # budget: a run stopped before its schedule ends (learning rate not yet decayed) is
-    # much worse, e.g. planning from the fastest epoch instead stopped CD-1 and PCD at
-    # 72-79% of their schedules and cost them 0.5-6 nats per digit on this machine.
-    epoch = 1.05 * float(np.median(np.diff(times)))
+    # The median of the second half of the epochs (the first ones after compilation run
+    # slower: planning from the median of 8 epochs left PCD a third of its budget unused)
+    # plus a 5% margin, so that the learning-rate schedule ends inside the budget: a run
+    # stopped before its schedule ends (learning rate not yet decayed) is much worse, e.g.
+    # planning from the fastest epoch instead stopped CD-1 and PCD at 72-79% of their
+    # schedules and cost them 0.5-6 nats per digit on this machine.
+    epoch = 1.05 * float(np.median(np.diff(times)[num_epochs // 2 :]))
     compile_seconds = times[0] - epoch
     return max(1, int((budget - compile_seconds) / epoch)), compile_seconds, epoch
 
