@@ -16,7 +16,7 @@ package versions and the command that reproduces it.
 
 Run from the repository root::
 
-    python benchmarks/run_all.py                         # every script (about 50 minutes)
+    python benchmarks/run_all.py                         # every script (about 35 minutes, quiet)
     python benchmarks/run_all.py --only sampler_throughput,pcd_mnist
     python benchmarks/run_all.py --dry-run               # re-render from the stored JSONs
     python benchmarks/run_all.py --dry-run --check       # exit 1 if BENCHMARKS.md is stale

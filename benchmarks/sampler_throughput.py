@@ -3,7 +3,7 @@
 Two workloads, float32, each timed as many sweeps inside one ``jit`` with ``lax.scan``
 (what ``gibbs.kernel``, ``sample`` and the estimators compile), interleaved over repeated
 rounds; medians. Only ratios measured in the same run mean anything on a shared machine.
-Each timed call of a compiled program runs enough sweeps to take about 30 ms (RBM: 40
+Each timed call of a compiled program runs enough sweeps to take 30-40 ms (RBM: 40
 sweeps at 100 chains, 4 at 1,000; Ising: 200 sweeps at 256 x 256, 20 at 1,024 x 1,024),
 so that the fixed cost of a call (dispatch, the key, about 0.5-1 ms) weighs as little as
 in the long runs the library compiles; NumPy's calls (10 and 1 sweeps) have no such cost.
