@@ -24,11 +24,10 @@ import numpy as np
 from ais_rbm import onsager_log_partition_per_site, peak_memory_mib
 from common import (
     Stopwatch,
-    add_markdown_option,
     describe_machine,
     machine_info,
     markdown_table,
-    print_stored_tables,
+    parse_args,
     write_json,
 )
 from jax import random
@@ -48,10 +47,8 @@ def render(data: dict) -> dict[str, str]:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--temperatures", default="4000,16000")
-    parser.add_argument("--json", default=None, help="write the rows to this JSON file")
-    add_markdown_option(parser)
-    args = parser.parse_args()
-    if print_stored_tables(parser, args, render):
+    args = parse_args(parser, render)
+    if args is None:
         return
 
     info = machine_info()

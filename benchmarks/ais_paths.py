@@ -34,11 +34,10 @@ import numpy as np
 from ais_rbm import NUM_CHAINS, load_mnist, trained_rbm
 from common import (
     Stopwatch,
-    add_markdown_option,
     describe_machine,
     machine_info,
     markdown_table,
-    print_stored_tables,
+    parse_args,
     write_json,
 )
 from jax import random
@@ -68,10 +67,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--fit-epochs", type=int, default=5)
     parser.add_argument("--sklearn-iter", type=int, default=10)
-    parser.add_argument("--json", default=None, help="write the rows to this JSON file")
-    add_markdown_option(parser)
-    args = parser.parse_args()
-    if print_stored_tables(parser, args, render):
+    args = parse_args(parser, render)
+    if args is None:
         return
 
     info = machine_info()

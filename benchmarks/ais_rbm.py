@@ -36,12 +36,11 @@ import jax
 import numpy as np
 from common import (
     Stopwatch,
-    add_markdown_option,
     describe_machine,
     machine_info,
     markdown_table,
     median,
-    print_stored_tables,
+    parse_args,
     quiet_median,
     write_json,
 )
@@ -155,10 +154,8 @@ def main():
     parser.add_argument("--throughput-temperatures", type=int, default=1450)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ising-long-temperatures", type=int, default=4000)
-    parser.add_argument("--json", default=None, help="write the rows to this JSON file")
-    add_markdown_option(parser)
-    args = parser.parse_args()
-    if print_stored_tables(parser, args, render):
+    args = parse_args(parser, render)
+    if args is None:
         return
 
     info = machine_info()

@@ -216,22 +216,22 @@ def write_json(path: str | None, payload: dict[str, Any]) -> None:
     print(f"\nwrote {path}")
 
 
-def add_markdown_option(parser) -> None:
-    """``--markdown``: print the tables of the JSON file given by ``--json`` and exit."""
+def parse_args(parser, render: Callable[[dict], dict[str, str]]):
+    """Add the options every script shares, ``--json PATH`` (write the rows there) and
+    ``--markdown`` (print :func:`render` of the ``--json`` file and measure nothing), and
+    parse the command line: the arguments, or None when ``--markdown`` printed the tables
+    (the script then stops)."""
+    parser.add_argument("--json", default=None, help="write the rows to this JSON file")
     parser.add_argument(
         "--markdown",
         action="store_true",
         help="print the tables of the JSON file given by --json (no measurement)",
     )
-
-
-def print_stored_tables(parser, args, render: Callable[[dict], dict[str, str]]) -> bool:
-    """With ``--markdown``: print ``render`` of the ``--json`` file and return True (the
-    script then stops); otherwise False."""
+    args = parser.parse_args()
     if not args.markdown:
-        return False
+        return args
     if not args.json:
         parser.error("--markdown renders the file given by --json PATH; pass both")
     with open(args.json) as f:
         print("\n\n".join(render(json.load(f)).values()))
-    return True
+    return None

@@ -32,11 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 from common import (
     Stopwatch,
-    add_markdown_option,
     describe_machine,
     machine_info,
     markdown_table,
-    print_stored_tables,
+    parse_args,
     quiet_median,
     write_json,
 )
@@ -80,10 +79,8 @@ def render(data: dict) -> dict[str, str]:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", default=None, help="write the rows to this JSON file")
-    add_markdown_option(parser)
-    args = parser.parse_args()
-    if print_stored_tables(parser, args, render):
+    args = parse_args(parser, render)
+    if args is None:
         return
     info = machine_info()
     print(describe_machine(info), "\n")

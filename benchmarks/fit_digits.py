@@ -29,11 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 from common import (
     Stopwatch,
-    add_markdown_option,
     describe_machine,
     machine_info,
     markdown_table,
-    print_stored_tables,
+    parse_args,
     write_json,
 )
 from sklearn.datasets import load_digits
@@ -110,10 +109,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--num-hidden", type=int, default=16)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--json", default=None, help="write the rows to this JSON file")
-    add_markdown_option(parser)
-    args = parser.parse_args()
-    if print_stored_tables(parser, args, render):
+    args = parse_args(parser, render)
+    if args is None:
         return
 
     info = machine_info()

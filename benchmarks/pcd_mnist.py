@@ -48,13 +48,12 @@ import optax
 from common import (
     QUIET_SHARE,
     Stopwatch,
-    add_markdown_option,
     describe_machine,
     machine_info,
     markdown_table,
     measure,
     median,
-    print_stored_tables,
+    parse_args,
     quiet_median,
     spread,
     write_json,
@@ -413,10 +412,8 @@ def main():
     parser.add_argument("--fit-epochs", type=int, default=5, help="epochs per fit call")
     parser.add_argument("--learning-rate", type=float, default=0.1)
     parser.add_argument("--quality-seeds", type=int, default=5)
-    parser.add_argument("--json", default=None, help="write the rows to this JSON file")
-    add_markdown_option(parser)
-    args = parser.parse_args()
-    if print_stored_tables(parser, args, render):
+    args = parse_args(parser, render)
+    if args is None:
         return
 
     images = load_mnist()

@@ -57,10 +57,9 @@ import numpyro.distributions as dist
 import optax
 from common import (
     Stopwatch,
-    add_markdown_option,
     markdown_table,
     median,
-    print_stored_tables,
+    parse_args,
     write_json,
 )
 from jax import lax
@@ -275,10 +274,8 @@ def main():
     )
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", default=None)
-    add_markdown_option(parser)
-    args = parser.parse_args()
-    if print_stored_tables(parser, args, render):
+    args = parse_args(parser, render)
+    if args is None:
         return
 
     rows = []

@@ -34,11 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 from common import (
     Stopwatch,
-    add_markdown_option,
     describe_machine,
     machine_info,
     markdown_table,
-    print_stored_tables,
+    parse_args,
     write_json,
 )
 
@@ -129,10 +128,8 @@ def main():
     parser.add_argument("--draws", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", default=None, help="write the rows to this JSON file")
-    add_markdown_option(parser)
-    args = parser.parse_args()
-    if print_stored_tables(parser, args, render):
+    args = parse_args(parser, render)
+    if args is None:
         return
 
     samplers = {

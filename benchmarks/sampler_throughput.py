@@ -72,12 +72,11 @@ import jax.numpy as jnp
 import numpy as np
 from common import (
     Stopwatch,
-    add_markdown_option,
     describe_machine,
     machine_info,
     markdown_table,
     median,
-    print_stored_tables,
+    parse_args,
     write_json,
 )
 from jax import lax, random
@@ -308,10 +307,8 @@ def render(data: dict) -> dict[str, str]:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=7, help="interleaved timing rounds")
-    parser.add_argument("--json", default=None, help="write the rows to this JSON file")
-    add_markdown_option(parser)
-    args = parser.parse_args()
-    if print_stored_tables(parser, args, render):
+    args = parse_args(parser, render)
+    if args is None:
         return
 
     print("compiling ...", flush=True)
